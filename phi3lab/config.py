@@ -1,0 +1,188 @@
+"""The one typed configuration: hyperparameters and run settings.
+
+Widgets, the CLI, local training and the Azure job all read a ``TrainConfig``. Every numeric
+field carries its allowed range (``ge``/``le``), which the widgets reuse as slider bounds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+from .io import atomic_write_text
+
+PHI3_LORA_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+
+
+class TrainConfig(BaseModel):
+    """Hyperparameters and run settings for one fine-tuning run (local or Azure)."""
+
+    model_config = ConfigDict(validate_assignment=True, extra="forbid")
+
+    # What to train.
+    model: str = Field(default="phi3-tiny-offline", description="catalog name (see phi3lab.models.CATALOG)")
+    train_file: str = Field(default="data/train.jsonl", description="chat JSONL, relative to the repo root")
+    validation_file: str | None = Field(default="data/validation.jsonl", description="None: automatic split")
+
+    # Optimisation (AdamW on cross-entropy over assistant tokens).
+    learning_rate: float = Field(default=2e-4, ge=1e-6, le=1e-2, description="AdamW learning rate")
+    epochs: int = Field(default=1, ge=1, le=20, description="passes over the training set")
+    batch_size: int = Field(default=4, ge=1, le=64, description="conversations per device step")
+    grad_accum: int = Field(default=1, ge=1, le=64, description="steps accumulated per optimiser update")
+    max_seq_length: int = Field(default=512, ge=32, le=131072, description="tokens per conversation")
+    max_steps: int = Field(default=-1, ge=-1, le=1_000_000, description="-1: run all epochs")
+    warmup_ratio: float = Field(default=0.05, ge=0.0, le=0.5)
+    seed: int = Field(default=42, ge=0, le=2**31 - 1)
+
+    # LoRA.
+    lora_r: int = Field(default=16, ge=1, le=256, description="adapter rank")
+    lora_alpha: int = Field(default=32, ge=1, le=512, description="adapter scale numerator")
+    lora_dropout: float = Field(default=0.05, ge=0.0, le=0.5)
+    target_modules: list[str] = Field(default_factory=lambda: list(PHI3_LORA_TARGETS), min_length=1)
+
+    # Bookkeeping.
+    eval_steps: int = Field(default=20, ge=1, le=100_000, description="validation loss every N steps")
+    save_steps: int = Field(default=20, ge=1, le=100_000, description="checkpoint every N steps")
+    logging_steps: int = Field(default=5, ge=1, le=100_000)
+    output_dir: str = Field(default="runs/lora", description="relative to the repo root")
+
+    # Speed switches; each falls back cleanly when unavailable (CPU, missing package).
+    packing: bool = Field(default=True, description="padding-free batching")
+    gradient_checkpointing: bool = False
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    use_liger: bool = Field(default=False, description="Liger fused kernels (CUDA only)")
+    torch_compile: bool = False
+
+    @field_validator("target_modules")
+    @classmethod
+    def _no_blank_targets(cls, value: list[str]) -> list[str]:
+        if any(not t.strip() for t in value):
+            raise ValueError("target module names must not be empty")
+        return value
+
+    # ----- construction helpers -------------------------------------------------------
+    @classmethod
+    def create(cls, **values) -> TrainConfig:
+        """Build a config, turning validation failures into one readable ConfigError."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(exc)) from None
+
+    def update(self, **values) -> TrainConfig:
+        """Return a copy with ``values`` changed, validated field by field."""
+        return TrainConfig.create(**{**self.model_dump(), **values})
+
+    def __setattr__(self, name, value):
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(exc)) from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TrainConfig:
+        """Read a YAML or JSON file (unknown keys are an error naming the key)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; save one with TrainConfig().save(path)")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML/JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of field: value, got {type(data).__name__}")
+        return cls.create(**data)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write YAML (or JSON when the name ends in .json) atomically."""
+        path = Path(path)
+        data = self.model_dump()
+        text = json.dumps(data, indent=2) + "\n" if path.suffix == ".json" else yaml.safe_dump(data, sort_keys=False)
+        return atomic_write_text(path, text)
+
+    # ----- derived values ----------------------------------------------------------------
+    @property
+    def effective_batch_size(self) -> int:
+        return self.batch_size * self.grad_accum
+
+    def resolve(self, relative: str | None) -> Path | None:
+        """A path from this config, relative ones taken from the repository root."""
+        from .paths import REPO_ROOT
+
+        if relative is None:
+            return None
+        path = Path(relative).expanduser()
+        return path if path.is_absolute() else REPO_ROOT / path
+
+    def summary(self) -> str:
+        """A stable, human-readable summary (used as deterministic notebook output)."""
+        rows = [f"{name:>24}: {value}" for name, value in self.model_dump().items()]
+        return "\n".join(rows)
+
+
+def field_range(name: str) -> tuple[float | None, float | None]:
+    """The (min, max) a numeric field allows, read from its declaration."""
+    low = high = None
+    for item in TrainConfig.model_fields[name].metadata:
+        low = getattr(item, "ge", low)
+        high = getattr(item, "le", high)
+    return low, high
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        name = ".".join(str(p) for p in err["loc"]) or "config"
+        if err["type"] == "extra_forbidden":
+            known = ", ".join(TrainConfig.model_fields)
+            lines.append(f"unknown setting '{name}'. Known settings: {known}")
+            continue
+        allowed = ""
+        if name in TrainConfig.model_fields:
+            low, high = field_range(name)
+            if low is not None or high is not None:
+                allowed = f" Allowed range: {low} to {high}."
+        value = err.get("input")
+        lines.append(f"{name}={value!r} is invalid: {err['msg']}.{allowed}")
+    return "; ".join(lines)
+
+
+# Named starting points. "quick look" shows the mechanics in a couple of minutes on CPU;
+# "workshop default" is what the notebooks use; "thorough" is for a GPU or a patient learner.
+PRESETS: dict[str, dict] = {
+    "quick look": {"epochs": 1, "max_steps": 30, "lora_r": 8, "lora_alpha": 16, "learning_rate": 5e-4,
+                   "eval_steps": 10, "save_steps": 10},
+    "workshop default": {},
+    "thorough": {"epochs": 3, "lora_r": 32, "lora_alpha": 64, "learning_rate": 1e-4, "max_steps": -1,
+                 "eval_steps": 50, "save_steps": 50},
+}
+
+# CI runs every notebook with this profile: a few steps, so nbval stays well inside its budget.
+CI_PROFILE = {"max_steps": 4, "eval_steps": 2, "save_steps": 2, "logging_steps": 1, "max_seq_length": 256,
+              "batch_size": 2}
+
+
+def is_ci_profile() -> bool:
+    return os.environ.get("PHI3LAB_PROFILE", "").lower() == "ci"
+
+
+def default_config(preset: str = "workshop default", **overrides) -> TrainConfig:
+    """The config a notebook or the CLI starts from: defaults, a preset, the CI profile, overrides.
+
+    The model defaults to what ``phi3lab.models.default_model_name`` picks for this machine.
+    """
+    from .models import default_model_name
+
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}'. Choose one of: {', '.join(PRESETS)}")
+    values = {"model": default_model_name(), **PRESETS[preset]}
+    if is_ci_profile():
+        values.update(CI_PROFILE)
+    values.update(overrides)
+    return TrainConfig.create(**values)

@@ -1,0 +1,18 @@
+"""Where the course keeps things: the repository's data and runs, and a per-user model cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = REPO_ROOT / "data"
+RUNS_DIR = Path(os.environ.get("PHI3LAB_RUNS", REPO_ROOT / "runs"))
+
+
+def cache_dir() -> Path:
+    """Per-user cache for converted models (``PHI3LAB_CACHE`` overrides, then ``XDG_CACHE_HOME``)."""
+    if os.environ.get("PHI3LAB_CACHE"):
+        return Path(os.environ["PHI3LAB_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "phi3lab"
