@@ -1,0 +1,90 @@
+"""Keep committed notebooks clean and their checked outputs fresh.
+
+Convention: a committed notebook has no execution counts and no outputs, except in cells that
+start with ``# NBVAL_CHECK_OUTPUT`` (deterministic text that nbval compares, run with
+``--nbval-lax``) and intentional figures in cells marked ``# KEEP_OUTPUT``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+
+CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
+KEEP_MARK = "# KEEP_OUTPUT"
+
+
+def keeps_output(cell) -> bool:
+    return cell.cell_type == "code" and cell.source.lstrip().startswith((CHECK_MARK, KEEP_MARK))
+
+
+def strip_notebook(nb):
+    """Drop execution counts and every output not marked to be kept, in place."""
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        cell.execution_count = None
+        if not keeps_output(cell):
+            cell.outputs = []
+        else:
+            for out in cell.outputs:
+                if "execution_count" in out:
+                    out["execution_count"] = None
+        cell.metadata.pop("execution", None)
+    nb.metadata.pop("widgets", None)
+    return nb
+
+
+def execute(path: str | Path, timeout: int = 1800, profile: str | None = "ci"):
+    """Run a notebook top to bottom in its own folder and return the executed node."""
+    from nbclient import NotebookClient
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    env_backup = os.environ.get("PHI3LAB_PROFILE")
+    if profile:
+        os.environ["PHI3LAB_PROFILE"] = profile
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+    finally:
+        if env_backup is None:
+            os.environ.pop("PHI3LAB_PROFILE", None)
+        else:
+            os.environ["PHI3LAB_PROFILE"] = env_backup
+    return nb
+
+
+def refresh_checked_outputs(path: str | Path) -> None:
+    """Execute with the CI profile, then save the notebook keeping only marked outputs."""
+    from .io import atomic_write_text
+
+    nb = strip_notebook(execute(path))
+    atomic_write_text(path, nbformat.writes(nb) + "\n")
+
+
+def clean_file(path: str | Path) -> bool:
+    """Strip one notebook file; True when it changed."""
+    from .io import atomic_write_text
+
+    path = Path(path)
+    before = path.read_text(encoding="utf-8")
+    after = nbformat.writes(strip_notebook(nbformat.reads(before, as_version=4))) + "\n"
+    if after != before:
+        atomic_write_text(path, after)
+    return after != before
+
+
+if __name__ == "__main__":
+    import sys
+
+    # python -m phi3lab.notebook_tools [--refresh] NOTEBOOK...
+    refresh = "--refresh" in sys.argv
+    for name in [a for a in sys.argv[1:] if a != "--refresh"]:
+        if refresh:
+            refresh_checked_outputs(name)
+            print(f"refreshed {name}")
+        else:
+            print(f"{'cleaned' if clean_file(name) else 'clean'} {name}")
