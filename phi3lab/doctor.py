@@ -19,14 +19,9 @@ def _version(package: str) -> str:
 
 def _azure_settings_state() -> str:
     # Only says whether settings exist; values (subscription IDs) are never shown here.
-    from .paths import REPO_ROOT
+    from .azure.settings import settings_state
 
-    names = ["AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZURE_AI_PROJECT"]
-    if all(os.environ.get(n) for n in names):
-        return "present (environment variables); Azure cells make real calls after confirmation"
-    if (REPO_ROOT / "azure-settings.yaml").is_file():
-        return "present (azure-settings.yaml); Azure cells make real calls after confirmation"
-    return "absent: Azure cells run as dry runs"
+    return settings_state()
 
 
 def environment_report() -> dict[str, str]:

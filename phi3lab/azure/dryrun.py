@@ -1,0 +1,202 @@
+"""See the exact HTTP requests the real Azure SDK would send, without sending them.
+
+``RecordingTransport`` is an azure-core transport: the real ``azure-ai-ml`` / ``azure-mgmt``
+clients build and sign their requests as usual, then hand them here instead of to the network.
+It records each one and answers from a route table of ``(method, url regex) → response``.
+Dry runs use it with answers shaped like the service's; tests use it with the same table plus
+failure answers. ``show_requests`` renders what was recorded with secrets masked.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
+
+from azure.core.pipeline.transport import HttpTransport
+
+from .settings import mask_secrets
+
+# Headers a request shows: enough to understand it, never the Authorization header.
+_SHOWN_HEADERS = ("Content-Type", "x-ms-blob-type", "x-ms-version")
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    url: str
+    headers: dict
+    body: object  # parsed JSON, raw bytes, or None
+
+    @property
+    def path(self) -> str:
+        return urlsplit(self.url).path
+
+    @property
+    def query(self) -> dict[str, str]:
+        return {k: v[-1] for k, v in parse_qs(urlsplit(self.url).query).items()}
+
+    @property
+    def api_version(self) -> str | None:
+        return self.query.get("api-version")
+
+    def render(self) -> str:
+        """``METHOD url`` then the JSON body, with subscription IDs, keys and tokens masked."""
+        lines = [f"{self.method} {self.url}"]
+        lines += [f"{name}: {self.headers[name]}" for name in _SHOWN_HEADERS if name in self.headers]
+        if isinstance(self.body, (dict, list)):
+            lines.append(json.dumps(self.body, indent=2, sort_keys=True))
+        elif isinstance(self.body, (bytes, bytearray)) and self.body:
+            lines.append(f"<{len(self.body)} bytes>")
+        return mask_secrets("\n".join(lines))
+
+
+@dataclass
+class Reply:
+    """What the fake service answers: status, JSON (or bytes) body, headers."""
+
+    status: int = 200
+    body: object = None
+    headers: dict = field(default_factory=dict)
+
+
+Responder = Callable[[RecordedRequest, "re.Match"], Reply]
+
+
+class RecordingTransport(HttpTransport):
+    """An azure-core transport that records requests and answers from a route table.
+
+    ``route("PUT", r"/jobs/(?P<name>[^/?]+)", responder)``: the first route whose method matches
+    and whose regex is found in the URL answers; the responder gets the recorded request and
+    the match. A request no route matches gets 404 with an Azure-style error body, so a
+    missing route shows up as a clear failure instead of a hang.
+    """
+
+    def __init__(self, routes: list[tuple[str, str, Responder]] | None = None):
+        self.requests: list[RecordedRequest] = []
+        self._routes: list[tuple[str, re.Pattern, Responder]] = []
+        for method, pattern, responder in routes or []:
+            self.route(method, pattern, responder)
+
+    def route(self, method: str, pattern: str, responder: Responder | Reply) -> RecordingTransport:
+        answer = responder if callable(responder) else (lambda request, match, reply=responder: reply)
+        # Newer routes win, so a test can override one answer of a shared table.
+        self._routes.insert(0, (method.upper(), re.compile(pattern), answer))
+        return self
+
+    def send(self, request, **kwargs):
+        recorded = RecordedRequest(request.method, request.url, dict(request.headers), _parse_body(request))
+        self.requests.append(recorded)
+        reply = self._answer(recorded)
+        return _to_response(request, reply, kwargs.get("stream", False))
+
+    def _answer(self, recorded: RecordedRequest) -> Reply:
+        for method, pattern, responder in self._routes:
+            match = pattern.search(recorded.url)
+            if method in (recorded.method, "*") and match:
+                return responder(recorded, match)
+        return Reply(404, {"error": {"code": "NotFound", "message": f"no route for {recorded.method} {recorded.path}"}})
+
+    def matching(self, method: str, pattern: str) -> list[RecordedRequest]:
+        """Recorded requests with this method whose URL matches ``pattern``."""
+        regex = re.compile(pattern)
+        return [r for r in self.requests if r.method == method.upper() and regex.search(r.url)]
+
+    # HttpTransport's abstract interface: nothing to open or close.
+    def open(self):
+        pass
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        pass
+
+
+def _parse_body(request) -> object:
+    content = getattr(request, "content", None)
+    if content is None:
+        content = getattr(request, "data", None) or getattr(request, "body", None)
+    if content is None:
+        return None
+    if isinstance(content, str):
+        content = content.encode("utf-8")
+    if hasattr(content, "read"):
+        content = content.read()
+    if not isinstance(content, (bytes, bytearray)):
+        return content
+    try:
+        return json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return bytes(content)
+
+
+def _to_response(request, reply: Reply, stream: bool):
+    # Reuse azure-core's own response classes over an in-memory requests.Response, so the SDK
+    # sees exactly what the real RequestsTransport would hand it.
+    import requests
+    from azure.core.pipeline._tools import is_rest
+    from azure.core.pipeline.transport import RequestsTransportResponse
+    from azure.core.rest._requests_basic import RestRequestsTransportResponse
+
+    raw = requests.Response()
+    raw.status_code = reply.status
+    raw.reason = _REASONS.get(reply.status, "")
+    raw.url = request.url
+    body = reply.body
+    if isinstance(body, (dict, list)):
+        content = json.dumps(body).encode()
+        raw.headers["Content-Type"] = "application/json; charset=utf-8"
+    else:
+        content = body if isinstance(body, bytes) else (str(body).encode() if body is not None else b"")
+    raw.headers.update(reply.headers)
+    raw.headers["Content-Length"] = str(len(content))
+    raw._content = content
+    raw._content_consumed = True
+    raw.raw = _BytesRaw(content)
+    if is_rest(request):
+        response = RestRequestsTransportResponse(request=request, internal_response=raw)
+        if not stream:
+            response.read()
+        return response
+    return RequestsTransportResponse(request, raw)
+
+
+class _BytesRaw:
+    """The ``raw`` stream a requests.Response carries, for SDKs that download by chunks."""
+
+    def __init__(self, content: bytes):
+        import io
+
+        self._buffer = io.BytesIO(content)
+
+    def read(self, amount=None, **kwargs):
+        return self._buffer.read(amount)
+
+    def stream(self, chunk_size, decode_content=False):
+        while chunk := self._buffer.read(chunk_size):
+            yield chunk
+
+    def close(self):
+        pass
+
+
+_REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "Bad Request",
+            401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
+            429: "Too Many Requests", 500: "Internal Server Error"}
+
+
+def show_requests(requests: list[RecordedRequest], title: str = "Requests that would be sent") -> str:
+    """All recorded requests as one masked text block."""
+    parts = [f"{title} ({len(requests)}):"]
+    parts += [f"\n[{i}] {r.render()}" for i, r in enumerate(requests, 1)]
+    return "\n".join(parts)
+
+
+def show_request(request: RecordedRequest) -> str:
+    return request.render()
