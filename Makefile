@@ -37,6 +37,10 @@ unit: setup
 nbval: setup
 	PHI3LAB_PROFILE=ci $(BIN)/pytest --nbval-lax --nbval-current-env notebooks
 
+# Every notebook headless, in order, with the learner's defaults; executed copies + HTML in course-runs/.
+course: setup
+	$(BIN)/phi3lab course
+
 test: lint unit nbval
 
 clean:

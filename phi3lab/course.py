@@ -1,0 +1,220 @@
+"""Run the whole course headless, and check that what the notebooks show leaks no secrets.
+
+``run_course`` executes every notebook in order in a fresh kernel each (the learner's defaults
+unless a profile such as ``"ci"`` is given) and writes an executed copy plus an HTML page per
+notebook into ``course-runs/<timestamp>/``. ``secret_findings`` scans a notebook's sources and
+outputs for keys, tokens and subscription IDs; the course run, the nbval run and the hygiene
+tests all use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import nbformat
+
+from .errors import Phi3LabError
+from .io import atomic_write_json, atomic_write_text
+from .paths import REPO_ROOT
+
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+COURSE_RUNS_DIR = REPO_ROOT / "course-runs"
+
+
+class CourseError(Phi3LabError):
+    """The course run cannot start (no notebooks, unknown notebook name)."""
+
+
+# ----- secrets -------------------------------------------------------------------------------
+_GUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+
+# Public identifiers that are the same in every tenant, so printing them reveals nothing:
+# the all-zero placeholder and Azure built-in role definitions the course names.
+PUBLIC_GUIDS = {
+    "00000000-0000-0000-0000-000000000000",
+    "64702f94-c441-49e6-a78b-ef80e0188fee",  # Azure AI Developer
+    "8e3af657-a8ff-443c-a75c-2fe8c4bcb635",  # Owner
+    "b24988ac-6180-42a0-ab88-20f7382dd24c",  # Contributor
+    "acdd72a7-3385-48ef-bd42-f606fba81ae7",  # Reader
+}
+
+SECRET_PATTERNS: dict[str, re.Pattern] = {
+    "GUID (subscription, tenant or client ID)": re.compile(rf"(?<![0-9a-fA-F-]){_GUID}(?![0-9a-fA-F-])"),
+    "bearer token": re.compile(r"\bBearer\s+[A-Za-z0-9\-._~+/]{16,}=*"),
+    "JSON web token": re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
+    "storage account key": re.compile(r"(?i)\b(?:AccountKey|SharedAccessKey)\s*=\s*[A-Za-z0-9+/]{16,}"),
+    "SAS signature": re.compile(r"(?i)[?&]sig=[A-Za-z0-9%+/]{16,}"),
+    "named key or secret": re.compile(
+        r"(?i)\b(?:api[_-]?key|access[_-]?key|primary[_-]?key|secondary[_-]?key|client[_-]?secret|secret|password"
+        r"|access[_-]?token|auth[_-]?token|sas[_-]?token)[\"']?\s*[:=]\s*[\"']?"
+        r"(?=[A-Za-z0-9+/_\-]*\d)(?=[A-Za-z0-9+/_\-]*[A-Za-z])[A-Za-z0-9+/_\-]{16,}"
+    ),
+    "provider token": re.compile(r"\b(?:hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{30,})"),
+}
+
+# Output formats that carry text a reader sees; images and widget references are skipped
+# (base64 and widget model IDs are long random strings that would look like keys).
+_TEXT_MIMES = ("text/plain", "text/html", "text/markdown", "text/latex", "application/json")
+
+
+def find_secrets(text: str) -> list[tuple[str, str]]:
+    """(kind, masked match) for every secret-looking string in ``text``."""
+    found = []
+    for kind, pattern in SECRET_PATTERNS.items():
+        for match in pattern.finditer(text):
+            value = match.group(0)
+            if value.lower() not in PUBLIC_GUIDS:
+                found.append((kind, value[:6] + "…"))
+    return found
+
+
+def _output_texts(output) -> Iterator[str]:
+    if output.get("output_type") == "stream":
+        yield output.get("text", "")
+    elif output.get("output_type") == "error":
+        yield "\n".join([output.get("evalue", ""), *output.get("traceback", [])])
+    else:
+        for mime, value in output.get("data", {}).items():
+            if mime in _TEXT_MIMES:
+                yield value if isinstance(value, str) else json.dumps(value)
+
+
+def cell_texts(cell) -> Iterator[str]:
+    """The source of a cell and the text of each of its outputs."""
+    yield cell.get("source", "")
+    for output in cell.get("outputs", []):
+        yield from _output_texts(output)
+
+
+def secret_findings(nb) -> list[str]:
+    """One line per secret-looking string in a notebook: cell number, kind, masked start."""
+    lines = []
+    for number, cell in enumerate(nb.cells, start=1):
+        for text in cell_texts(cell):
+            lines += [f"cell {number}: {kind} '{masked}'" for kind, masked in find_secrets(text)]
+    return lines
+
+
+# ----- running the course ----------------------------------------------------------------------
+@dataclass
+class NotebookResult:
+    name: str
+    seconds: float
+    executed: str
+    html: str
+    error: str | None = None
+    secrets: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.secrets
+
+
+def course_notebooks(folder: Path | None = None, names: list[str] | None = None) -> list[Path]:
+    """The numbered notebooks in course order, or the ones named (by file name or number prefix)."""
+    folder = folder or NOTEBOOKS_DIR
+    notebooks = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+    if not notebooks:
+        raise CourseError(f"no notebooks (NN_name.ipynb) found in {folder}")
+    if not names:
+        return notebooks
+    chosen = []
+    for name in names:
+        matches = [nb for nb in notebooks if nb.name == name or nb.stem == name or nb.name.startswith(f"{name}_")]
+        if not matches:
+            known = ", ".join(nb.name for nb in notebooks)
+            raise CourseError(f"no notebook matches '{name}'. Known notebooks: {known}")
+        chosen += matches
+    return chosen
+
+
+def kernel_env(profile: str | None) -> dict[str, str]:
+    """The kernel's environment: the learner's defaults, or the named profile, never an inherited one."""
+    env = {k: v for k, v in os.environ.items() if k != "PHI3LAB_PROFILE"}
+    if profile:
+        env["PHI3LAB_PROFILE"] = profile
+    return env
+
+
+def describe_failure(nb) -> str:
+    """Name the first cell that raised, as the learner sees it in JupyterLab (cell number, first line)."""
+    for number, cell in enumerate(nb.cells, start=1):
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                first_line = next((line for line in cell.source.splitlines() if line.strip()), "")
+                return f"cell {number} ({first_line.strip()[:60]}): {output.ename}: {output.evalue}"
+    return "the kernel stopped before a cell reported an error"
+
+
+def run_notebook(path: Path, run_dir: Path, profile: str | None, timeout: int) -> NotebookResult:
+    """Execute one notebook in its own folder; always write the executed copy and its HTML."""
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    error = None
+    start = time.perf_counter()
+    # The kernel's own log lines go to a file in the run folder instead of between the result lines.
+    with open(run_dir / "kernel-stderr.log", "a", encoding="utf-8") as kernel_log:
+        try:
+            client.execute(env=kernel_env(profile), stderr=kernel_log)
+        except CellExecutionError:
+            error = describe_failure(nb)
+        except (CellTimeoutError, DeadKernelError) as exc:
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    seconds = time.perf_counter() - start
+
+    executed = atomic_write_text(run_dir / path.name, nbformat.writes(nb) + "\n")
+    # embed_images: the HTML page shows the course diagrams without the repository beside it.
+    html, _ = HTMLExporter(embed_images=True).from_notebook_node(
+        nb, resources={"metadata": {"path": str(path.parent), "name": path.stem}})
+    html_path = atomic_write_text(run_dir / f"{path.stem}.html", html)
+    return NotebookResult(path.name, round(seconds, 1), str(executed), str(html_path), error, secret_findings(nb))
+
+
+def new_run_dir(root: Path = COURSE_RUNS_DIR) -> Path:
+    run_dir = root / datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
+    suffix = 1
+    while run_dir.exists():  # two runs started in the same second
+        run_dir = root / f"{run_dir.name.split('.')[0]}.{suffix}"
+        suffix += 1
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def run_course(notebooks: list[Path], run_dir: Path, profile: str | None = None, timeout: int = 3600,
+               on_start: Callable[[Path], None] | None = None,
+               on_result: Callable[[NotebookResult], None] | None = None) -> list[NotebookResult]:
+    """Run notebooks in order, stopping at the first failure (later notebooks build on earlier ones).
+
+    ``summary.json`` in ``run_dir`` records the profile and each notebook's result.
+    """
+    results: list[NotebookResult] = []
+    for path in notebooks:
+        if on_start:
+            on_start(path)
+        result = run_notebook(path, run_dir, profile, timeout)
+        results.append(result)
+        atomic_write_json(run_dir / "summary.json",
+                          {"profile": profile or "learner defaults", "notebooks": [asdict(r) for r in results]})
+        if on_result:
+            on_result(result)
+        if not result.ok:
+            break
+    return results
+
+
+def latest_run_dir(root: Path = COURSE_RUNS_DIR) -> Path | None:
+    """The newest course run folder that holds executed notebooks, if any."""
+    runs = [d for d in root.glob("*") if d.is_dir() and any(d.glob("*.ipynb"))] if root.is_dir() else []
+    return max(runs, key=lambda d: d.stat().st_mtime, default=None)
