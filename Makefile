@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.phi3lab-installed
 PORT   ?= 8888
 HOST   ?= 127.0.0.1
 
-.PHONY: setup model lab test lint unit nbval course clean
+.PHONY: setup model lab test lint unit nbval course clean constraints
 
 setup: $(STAMP) model
 
@@ -45,3 +45,9 @@ test: lint unit nbval
 
 clean:
 	rm -rf $(VENV) runs course-runs test-artifacts
+
+# Re-pin the full environment after deliberately upgrading a package in pyproject.toml.
+constraints: $(STAMP)
+	( echo "# Every package of the tested environment, pinned (pip freeze, CPU torch build)."; \
+	  echo "# Regenerate with: make constraints"; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e' | sed 's/+cpu$$//' | grep -v '^phi3lab' ) > constraints.txt
