@@ -51,3 +51,108 @@ def styled(fn):
 
     wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
     return wrapper
+
+
+# ----- evaluation figures (notebook 04) -------------------------------------------------------
+def _as_histories(histories) -> dict:
+    """One history, a path to one, or a {label: history} mapping -> {label: MetricsHistory}."""
+    from collections.abc import Mapping
+    from pathlib import Path
+
+    from .history import MetricsHistory
+
+    if not isinstance(histories, Mapping):
+        histories = {"": histories}
+    return {label: MetricsHistory.load(h) if isinstance(h, (str, Path)) else h for label, h in histories.items()}
+
+
+@styled
+def plot_loss_curves(histories, title: str | None = None) -> Figure:
+    """Training (solid) and validation (dashed, dots) loss against the optimiser step.
+
+    ``histories`` is a ``MetricsHistory`` (local or Azure, same format), a path to one, or a
+    ``{label: history}`` mapping to compare runs on one chart.
+    """
+    runs = _as_histories(histories)
+    sources = sorted({h.source for h in runs.values()})
+    where = "Azure fine-tuning job" if sources == ["azure"] else "local training" if sources == ["local"] else "runs"
+    fig, ax = new_figure(title or f"Loss during {where}")
+    drawn = 0
+    for i, (label, history) in enumerate(runs.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        for split, style in (("train", {"linestyle": "-"}), ("validation", {"linestyle": "--", "marker": "o"})):
+            steps, values = history.series(split)
+            if steps:
+                ax.plot(steps, values, color=colour, label=f"{label} {split}".strip(), **style)
+                drawn += 1
+    if not drawn:
+        ax.text(0.5, 0.5, "no loss values recorded yet", ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.legend()
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("cross-entropy loss")
+    return fig
+
+
+def _label_bars(ax, bars, fmt: str) -> None:
+    ax.bar_label(bars, labels=[format(b.get_height(), fmt) for b in bars], padding=3)
+
+
+@styled
+def plot_perplexity(before: float, after: float, names: tuple[str, str] = ("base", "fine-tuned"),
+                    title: str = "Validation perplexity (lower is better)") -> Figure:
+    """Two bars, before and after fine-tuning, with the relative change written above them."""
+    fig, ax = new_figure(title, figsize=(7, 5))
+    bars = ax.bar(list(names), [before, after], color=PALETTE[:2], width=0.55)
+    _label_bars(ax, bars, ".2f")
+    change = (after - before) / before * 100 if before else float("nan")
+    ax.set_ylim(0, max(before, after) * 1.25)
+    ax.set_ylabel("perplexity")
+    ax.set_title(f"change: {change:+.1f}%", fontsize=STYLE["axes.labelsize"])
+    ax.grid(axis="x", visible=False)
+    return fig
+
+
+@styled
+def plot_metric_bars(scores, title: str = "Metrics (higher is better)", ylim: tuple[float, float] | None = (0, 1),
+                     ylabel: str = "score") -> Figure:
+    """Grouped bars: ``scores`` is ``{series: {metric: value}}``, e.g. ``{"base": {...}, "fine-tuned": {...}}``."""
+    import numpy as np
+
+    series = list(scores)
+    metrics = list(dict.fromkeys(m for values in scores.values() for m in values))
+    many = len(metrics) > 6
+    fig, ax = new_figure(title, figsize=(max(9, 0.9 * len(metrics) * max(1, len(series))), 5.5 if many else 5))
+    width = 0.8 / max(1, len(series))
+    x = np.arange(len(metrics))
+    for i, name in enumerate(series):
+        colour = PALETTE[i % len(PALETTE)]
+        values = [scores[name].get(m, float("nan")) for m in metrics]
+        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name, color=colour)
+        if not many or len(series) == 1:
+            _label_bars(ax, bars, ".2f")
+    ax.set_xticks(x, metrics, rotation=30 if many else 0, ha="right" if many else "center")
+    if ylim:
+        ax.set_ylim(ylim[0], ylim[1] * 1.12)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="x", visible=False)
+    if len(series) > 1:
+        ax.legend(loc="lower right")
+    return fig
+
+
+@styled
+def plot_confusion_matrix(matrix, labels, title: str = "Intent confusion matrix") -> Figure:
+    """Rows are the true intents, columns the predicted ones; the diagonal counts correct answers."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    size = max(7.0, 0.75 * len(labels) + 3)
+    fig, ax = new_figure(title, figsize=(size + 1.5, size))
+    ConfusionMatrixDisplay(confusion_matrix=matrix, display_labels=list(labels)).plot(
+        ax=ax, cmap="Blues", xticks_rotation=45, colorbar=False, values_format="d")
+    ax.grid(False)
+    for tick in ax.get_xticklabels():
+        tick.set_horizontalalignment("right")
+    ax.set_xlabel("predicted intent")
+    ax.set_ylabel("true intent")
+    return fig
