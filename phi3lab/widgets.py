@@ -1,0 +1,314 @@
+"""Hyperparameter widgets bound to the one ``TrainConfig``, and a live loss plot for training.
+
+``HyperparameterPanel(config).config`` is always a valid config: sliders take their bounds from
+the config's declared ranges, so an out-of-range value cannot be entered. Headless runs (nbval,
+CLI) never touch a widget and simply use the config's values.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import ipywidgets as w
+
+from .config import PRESETS, TrainConfig, field_range
+from .errors import ConfigError
+from .history import MetricsHistory
+
+DEFAULT_FIELDS = ("model", "learning_rate", "epochs", "batch_size", "grad_accum", "lora_r", "lora_alpha",
+                  "lora_dropout", "target_modules", "max_seq_length")
+LABELS = {"model": "model", "learning_rate": "learning rate", "epochs": "epochs", "batch_size": "batch size",
+          "grad_accum": "grad accumulation", "lora_r": "LoRA r", "lora_alpha": "LoRA alpha",
+          "lora_dropout": "LoRA dropout", "target_modules": "target modules", "max_seq_length": "max seq length",
+          "max_steps": "max steps"}
+_STYLE = {"description_width": "150px"}
+_LAYOUT = {"width": "520px"}
+
+
+def _control(name: str, config: TrainConfig, layer_names: list[str]) -> w.Widget:
+    """The widget for one field, its bounds taken from the field's declared range."""
+    from .models import CATALOG
+
+    value = getattr(config, name)
+    common = {"description": LABELS.get(name, name.replace("_", " ")), "style": _STYLE, "layout": _LAYOUT}
+    low, high = field_range(name) if name in TrainConfig.model_fields and name != "target_modules" else (None, None)
+    if name == "model":
+        return w.Dropdown(options=list(CATALOG), value=value, **common)
+    if name == "target_modules":
+        options = sorted(set(layer_names) | set(value))
+        return w.SelectMultiple(options=options, value=tuple(value), rows=min(len(options), 6), **common)
+    if name == "learning_rate":
+        return w.FloatLogSlider(value=value, base=10, min=math.log10(low), max=math.log10(high), step=0.1,
+                                readout_format=".1e", **common)
+    if name == "max_seq_length":  # the range spans 32 to 131072: a text box reads better than a slider
+        return w.BoundedIntText(value=value, min=low, max=high, step=32, **common)
+    if isinstance(value, float):
+        return w.FloatSlider(value=value, min=low, max=high, step=0.01, **common)
+    if isinstance(value, bool):
+        return w.Checkbox(value=value, **common)
+    if isinstance(value, int):
+        return w.IntSlider(value=value, min=low, max=high if high is not None and high <= 4096 else 4096, **common)
+    return w.Text(value=str(value), **common)
+
+
+def preset_values(name: str) -> dict:
+    """A preset applied from scratch: fields any preset touches go back to their defaults first."""
+    touched = {key for values in PRESETS.values() for key in values}
+    return {**{key: TrainConfig.model_fields[key].default for key in touched}, **PRESETS[name]}
+
+
+class HyperparameterPanel:
+    """Widgets for the chosen config fields, live derived numbers, presets, and a warm-up timing."""
+
+    def __init__(self, config: TrainConfig, fields: tuple[str, ...] | None = None, model=None):
+        self._config = config
+        self.fields = tuple(fields or DEFAULT_FIELDS)
+        self.model = model
+        self._shape_model = model  # used for layer names and parameter counts (a weightless copy if no model)
+        self.seconds_per_step: float | None = None
+        self._syncing = False
+        self.controls: dict[str, w.Widget] = {}
+        self.message = w.HTML()
+        self.derived = w.HTML()
+        for name in self.fields:
+            control = _control(name, config, self._layer_names())
+            control.add_class(f"phi3lab-{name.replace('_', '-')}")
+            control.observe(lambda change, name=name: self._on_change(name, change["new"]), names="value")
+            self.controls[name] = control
+        self.preset = w.Dropdown(options=["(custom)", *PRESETS], value="(custom)", description="preset",
+                                 style=_STYLE, layout=_LAYOUT)
+        self.preset.add_class("phi3lab-preset")
+        self.preset.observe(lambda change: self.apply_preset(change["new"]), names="value")
+        self.warmup_button = w.Button(description="measure a warm-up step", icon="clock-o")
+        self.warmup_button.add_class("phi3lab-warmup")
+        self.warmup_button.on_click(lambda _: self.measure_warmup())
+        self.widget = w.VBox([self.preset, *self.controls.values(), self.derived, self.warmup_button, self.message])
+        self.widget.add_class("phi3lab-panel")
+        self._refresh()
+
+    # ----- the config --------------------------------------------------------------------------
+    @property
+    def config(self) -> TrainConfig:
+        return self._config
+
+    def _on_change(self, name: str, value) -> None:
+        if self._syncing:
+            return
+        if name == "target_modules":
+            value = list(value)
+        try:
+            self._config = self._config.update(**{name: value})
+            self.message.value = ""
+        except ConfigError as exc:  # e.g. no target module selected: keep the last valid value
+            self.message.value = f"<span style='color:#D55E00'>{exc}</span>"
+            self._show(name)
+            return
+        if name == "model":  # a model passed in belongs to the previous choice
+            self.model = self._shape_model = None
+            self.seconds_per_step = None
+            self._refresh_targets()
+        self._refresh()
+
+    def _show(self, name: str) -> None:
+        """Put the config's value back into a control without treating it as a new choice."""
+        value = getattr(self._config, name)
+        self._syncing = True
+        try:
+            self.controls[name].value = tuple(value) if isinstance(value, list) else value
+        finally:
+            self._syncing = False
+
+    def apply_preset(self, name: str) -> None:
+        if name not in PRESETS:
+            return
+        self._config = self._config.update(**preset_values(name))
+        for field in self.fields:
+            self._show(field)
+        self.seconds_per_step = None
+        self._refresh()
+
+    # ----- derived numbers ---------------------------------------------------------------------
+    def _model_for_shapes(self):
+        if self._shape_model is None:
+            self._shape_model = weightless_model(self._config.model)
+        return self._shape_model
+
+    def _layer_names(self) -> list[str]:
+        from .models import linear_layer_names
+
+        model = self._model_for_shapes()
+        return linear_layer_names(model) if model is not None else []
+
+    def _refresh_targets(self) -> None:
+        if "target_modules" in self.controls:
+            names = self._layer_names()
+            control = self.controls["target_modules"]
+            current = [t for t in self._config.target_modules if t in names] or list(names)
+            control.options = sorted(set(names) | set(current))
+            control.value = tuple(current)
+
+    def derived_numbers(self) -> dict:
+        """Trainable parameters, effective batch, steps per epoch, total steps and time estimate."""
+        config = self._config
+        model = self._model_for_shapes()
+        examples = training_examples(config)
+        per_epoch = steps_per_epoch(examples, config.batch_size, config.grad_accum) if examples else None
+        total = config.max_steps if config.max_steps > 0 else (per_epoch * config.epochs if per_epoch else None)
+        return {
+            "trainable_parameters": lora_parameter_count(model, config) if model is not None else None,
+            "effective_batch_size": config.effective_batch_size,
+            "training_examples": examples,
+            "steps_per_epoch": per_epoch,
+            "total_steps": total,
+            "seconds_per_step": self.seconds_per_step,
+            "estimated_seconds": total * self.seconds_per_step if total and self.seconds_per_step else None,
+        }
+
+    def _refresh(self) -> None:
+        d = self.derived_numbers()
+
+        def show(value, fmt="{:,}"):
+            return "–" if value is None else fmt.format(value)
+
+        estimate = ("press <i>measure a warm-up step</i>" if d["estimated_seconds"] is None
+                    else f"{d['estimated_seconds'] / 60:.1f} min ({d['seconds_per_step']:.2f} s/step measured)")
+        self.derived.value = (
+            "<div class='phi3lab-derived'>"
+            f"trainable parameters: <b>{show(d['trainable_parameters'])}</b> · "
+            f"effective batch: <b>{d['effective_batch_size']}</b> · "
+            f"steps per epoch: <b>{show(d['steps_per_epoch'])}</b> · total steps: <b>{show(d['total_steps'])}</b>"
+            f"<br>estimated time on this device: <b>{estimate}</b></div>")
+
+    def measure_warmup(self) -> float:
+        """Time one real optimiser step of this config on this device (after one untimed step)."""
+        self.warmup_button.disabled = True
+        self.message.value = "measuring a warm-up step…"
+        try:
+            self.seconds_per_step = measure_step_seconds(self._config, self.model)
+        finally:
+            self.warmup_button.disabled = False
+            self.message.value = ""
+        self._refresh()
+        return self.seconds_per_step
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+# ----- helpers the panel uses ---------------------------------------------------------------------
+def weightless_model(name: str):
+    """The model's architecture on the meta device (no weights, no memory); None if its config is unreachable."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .models import model_source
+
+    try:
+        config = AutoConfig.from_pretrained(model_source(name))
+    except Exception:  # offline without a cached hub config: the panel works without shape numbers
+        return None
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def lora_parameter_count(model, config: TrainConfig) -> int:
+    """Parameters LoRA adds: r x (in + out) for every targeted linear layer (A is r x in, B is out x r)."""
+    import torch
+
+    return sum(config.lora_r * (m.in_features + m.out_features) for n, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in config.target_modules)
+
+
+def training_examples(config: TrainConfig) -> int | None:
+    """Conversations in the training file (90% of them when validation is an automatic split)."""
+    path = config.resolve(config.train_file)
+    if path is None or not Path(path).is_file():
+        return None
+    with open(path, "rb") as handle:
+        lines = sum(1 for line in handle if line.strip())
+    return lines - math.ceil(lines * 0.1) if config.validation_file is None else lines
+
+
+def steps_per_epoch(examples: int, batch_size: int, grad_accum: int) -> int:
+    return max(math.ceil(math.ceil(examples / batch_size) / grad_accum), 1)
+
+
+def measure_step_seconds(config: TrainConfig, model=None) -> float:
+    """Seconds for one optimiser step (batch_size x grad_accum conversations) with this config."""
+    import torch
+    from peft import get_peft_model
+
+    from .data import read_conversations
+    from .models import load_model, load_tokenizer
+    from .training import add_lora, lora_config, make_collator, resolve_speed, tokenize_conversation
+
+    tokenizer = load_tokenizer(config.model)
+    conversations = []
+    for messages in read_conversations(config.resolve(config.train_file)):
+        conversations.append(messages)
+        if len(conversations) == config.batch_size:
+            break
+    rows = [tokenize_conversation(tokenizer, c, config.max_seq_length) for c in conversations]
+    speed = resolve_speed(config, "cuda" if torch.cuda.is_available() else "cpu")
+    batch = make_collator(tokenizer, speed["packing"], speed["attn_implementation"])(
+        [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    if model is None:
+        peft_model = add_lora(config, load_model(config.model))
+    else:  # adapters are injected into the caller's model for the measurement and removed afterwards
+        peft_model = get_peft_model(model, lora_config(config))
+    device = next(peft_model.parameters()).device
+    batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+    optimiser = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=config.learning_rate)
+    peft_model.train()
+    try:
+        seconds = []
+        for _ in range(2):  # the first step pays one-off costs (allocations, kernel selection)
+            start = time.perf_counter()
+            for _ in range(config.grad_accum):
+                peft_model(**batch).loss.backward()
+            optimiser.step()
+            optimiser.zero_grad()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            seconds.append(time.perf_counter() - start)
+    finally:
+        if model is not None:
+            peft_model.unload()
+    return seconds[-1]
+
+
+# ----- live loss plot ------------------------------------------------------------------------------
+def live_loss_plot(title: str | None = None):
+    """A TrainerCallback that redraws the train/validation loss figure in place while training runs."""
+    from transformers import TrainerCallback
+
+    from .plots import plot_loss_curves
+
+    class LiveLossPlot(TrainerCallback):
+        """``train`` hands it the run's own history, so a resumed run is plotted from its first step."""
+
+        def __init__(self):
+            self.history = MetricsHistory(source="local")
+            self.handle = None
+
+        def _draw(self):
+            from IPython.display import display
+
+            figure = plot_loss_curves(self.history, title=title)
+            if self.handle is None:
+                self.handle = display(figure, display_id=True)
+            else:
+                self.handle.update(figure)
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self._draw()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if {"loss", "eval_loss"} & set(logs or {}):
+                self._draw()
+
+    return LiveLossPlot()
