@@ -38,8 +38,9 @@ nbval: setup
 	PHI3LAB_PROFILE=ci $(BIN)/pytest --nbval-lax --nbval-current-env notebooks
 
 # Every notebook headless, in order, with the learner's defaults; executed copies + HTML in course-runs/.
+# `make course COURSE_ARGS="--profile ci"` runs the short CI profile; `COURSE_ARGS="01 02"` runs two notebooks.
 course: setup
-	$(BIN)/phi3lab course
+	$(BIN)/phi3lab course $(COURSE_ARGS)
 
 test: lint unit nbval
 
