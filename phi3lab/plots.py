@@ -156,3 +156,52 @@ def plot_confusion_matrix(matrix, labels, title: str = "Intent confusion matrix"
     ax.set_xlabel("predicted intent")
     ax.set_ylabel("true intent")
     return fig
+
+
+# ----- endpoint monitoring (notebook 05) ------------------------------------------------------
+@styled
+def plot_endpoint_calls(records: list[dict], title: str = "Endpoint calls: latency and volume") -> Figure:
+    """Left: latency of each call over time (x = failed). Right: calls per minute, failures stacked on top.
+
+    ``records`` come from ``phi3lab.monitoring.read_log``; one colour per endpoint.
+    """
+    import matplotlib.dates as mdates
+
+    fig, (latency_ax, volume_ax) = new_figure(title, ncols=2)
+    if not records:
+        for ax in (latency_ax, volume_ax):
+            ax.text(0.5, 0.5, "no calls logged yet", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    endpoints = sorted({r["endpoint"] for r in records})
+    minutes = sorted({r["_time"].replace(second=0, microsecond=0) for r in records})
+    bottom = {m: 0 for m in minutes}
+    width = 0.8 / (24 * 60)  # bar width in days: most of one minute
+    for i, name in enumerate(endpoints):
+        colour = PALETTE[i % len(PALETTE)]
+        mine = [r for r in records if r["endpoint"] == name]
+        for ok, marker in ((True, "o"), (False, "x")):
+            points = [r for r in mine if (r["status"] == 200) == ok]
+            if points:
+                latency_ax.scatter([r["_time"] for r in points], [r["latency_s"] for r in points], color=colour,
+                                   marker=marker, s=30 if ok else 60, label=f"{name}{'' if ok else ' (failed)'}")
+        for ok, hatch in ((True, None), (False, "//")):
+            counts = {m: 0 for m in minutes}
+            for r in mine:
+                if (r["status"] == 200) == ok:
+                    counts[r["_time"].replace(second=0, microsecond=0)] += 1
+            if any(counts.values()):
+                volume_ax.bar(minutes, [counts[m] for m in minutes], width, bottom=[bottom[m] for m in minutes],
+                              color=colour, hatch=hatch, alpha=1.0 if ok else 0.5,
+                              label=f"{name}{'' if ok else ' failed'}")
+                for m in minutes:
+                    bottom[m] += counts[m]
+    latency_ax.set_ylabel("latency (s)")
+    latency_ax.set_ylim(bottom=0)
+    volume_ax.set_ylabel("calls per minute")
+    for ax in (latency_ax, volume_ax):
+        locator = mdates.AutoDateLocator(maxticks=6)
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+        ax.set_xlabel("time (UTC)")
+        ax.legend(fontsize=STYLE["legend.fontsize"] - 2)
+    return fig

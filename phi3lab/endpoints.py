@@ -1,0 +1,280 @@
+"""One way to test an endpoint, local or Azure: send prompts, time them, count tokens, load-test.
+
+``query_endpoint(endpoint, prompts)`` is the same call for both kinds; only the endpoint object
+differs. ``LocalEndpoint`` speaks OpenAI-compatible HTTP with httpx; ``AzureEndpoint`` goes through
+``azure.ai.inference.ChatCompletionsClient`` with the endpoint key. Every call is appended to the
+course's call log (``phi3lab.monitoring``) without keys.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from dataclasses import dataclass, field
+
+from .errors import Phi3LabError
+from .generation import prompt_messages
+from .monitoring import CallLog, default_log, percentile
+
+Prompt = str | list[dict]
+
+
+class EndpointError(Phi3LabError):
+    """An endpoint could not be reached or described."""
+
+
+@dataclass
+class CallResult:
+    """One request: what was asked, what came back, how long it took, how many tokens."""
+
+    prompt: str
+    response: str | None
+    latency_s: float
+    status: int | str  # HTTP status, or the exception's name when no response arrived
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+
+@dataclass(frozen=True)
+class LocalEndpoint:
+    """An OpenAI-compatible endpoint, e.g. ``LocalServer.url``."""
+
+    url: str
+    name: str = "local"
+    model: str | None = None
+    timeout: float = 300.0
+    kind = "local"
+
+    def client(self, concurrency: int = 1):
+        import httpx
+
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        return httpx.Client(base_url=self.url.rstrip("/"), timeout=self.timeout, limits=limits)
+
+    def send(self, client, messages: list[dict], max_tokens: int, temperature: float) -> CallResult:
+        import httpx
+
+        body = {"messages": messages, "max_tokens": max_tokens, "temperature": temperature}
+        if self.model:
+            body["model"] = self.model
+        start = time.perf_counter()
+        try:
+            reply = client.post("/v1/chat/completions", json=body)
+        except httpx.HTTPError as exc:
+            return _failed(messages, start, type(exc).__name__, str(exc))
+        latency = time.perf_counter() - start
+        data = _json_or_none(reply)
+        if reply.status_code != 200 or not data:
+            message = ((data or {}).get("error") or {}).get("message") or reply.text[:300]
+            return CallResult(_last_user(messages), None, latency, reply.status_code, error=message)
+        usage = data.get("usage") or {}
+        return CallResult(_last_user(messages), data["choices"][0]["message"]["content"], latency, 200,
+                          usage.get("prompt_tokens"), usage.get("completion_tokens"))
+
+
+@dataclass(frozen=True)
+class AzureEndpoint:
+    """A serverless endpoint in Azure AI Foundry: its scoring URL and key (never shown)."""
+
+    url: str
+    key: str = field(repr=False)
+    name: str = "azure"
+    timeout: float = 120.0
+    transport: object = field(default=None, repr=False, compare=False)  # tests pass a recording transport
+    kind = "azure"
+
+    def __repr__(self) -> str:
+        return f"AzureEndpoint(url={self.url!r}, key='***', name={self.name!r})"
+
+    def client(self, concurrency: int = 1):
+        from azure.ai.inference import ChatCompletionsClient
+        from azure.core.credentials import AzureKeyCredential
+
+        extra = {"transport": self.transport} if self.transport is not None else {}
+        return ChatCompletionsClient(endpoint=self.url, credential=AzureKeyCredential(self.key),
+                                     connection_timeout=30, read_timeout=self.timeout, **extra)
+
+    def send(self, client, messages: list[dict], max_tokens: int, temperature: float) -> CallResult:
+        from azure.core.exceptions import AzureError, HttpResponseError
+
+        start = time.perf_counter()
+        try:
+            reply = client.complete(messages=messages, max_tokens=max_tokens, temperature=temperature)
+        except HttpResponseError as exc:
+            status = exc.status_code or type(exc).__name__
+            return _failed(messages, start, status, exc.message or str(exc))
+        except AzureError as exc:
+            return _failed(messages, start, type(exc).__name__, str(exc))
+        latency = time.perf_counter() - start
+        usage = reply.usage
+        return CallResult(_last_user(messages), reply.choices[0].message.content, latency, 200,
+                          usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None)
+
+
+Endpoint = LocalEndpoint | AzureEndpoint
+
+
+def _json_or_none(reply) -> dict | None:
+    try:
+        data = reply.json()
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _last_user(messages: list[dict]) -> str:
+    return next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+
+
+def _failed(messages: list[dict], start: float, status, error: str) -> CallResult:
+    from .azure.settings import mask_secrets
+
+    return CallResult(_last_user(messages), None, time.perf_counter() - start, status, error=mask_secrets(error)[:500])
+
+
+def as_messages(prompt: Prompt, system: str | None = None) -> list[dict]:
+    """A user prompt (optionally after a system prompt), or a ready conversation, as chat messages."""
+    if isinstance(prompt, str):
+        return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    if isinstance(prompt, list) and prompt and all(isinstance(m, dict) and {"role", "content"} <= m.keys()
+                                                   for m in prompt):
+        return prompt_messages(prompt)  # a dataset record's reference answer is left out
+    raise EndpointError(f"a prompt must be a string or a list of {{'role', 'content'}} messages, got {prompt!r:.80}")
+
+
+# ----- reports ----------------------------------------------------------------------------------
+@dataclass
+class QueryReport:
+    endpoint: str
+    results: list[CallResult]
+
+    @property
+    def latencies(self) -> list[float]:
+        return [r.latency_s for r in self.results if r.ok]
+
+    @property
+    def p50(self) -> float | None:
+        return percentile(self.latencies, 50)
+
+    @property
+    def p95(self) -> float | None:
+        return percentile(self.latencies, 95)
+
+    @property
+    def errors(self) -> int:
+        return sum(not r.ok for r in self.results)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(r.completion_tokens or 0 for r in self.results)
+
+    def summary(self) -> dict:
+        return {"endpoint": self.endpoint, "requests": len(self.results), "errors": self.errors,
+                "p50_s": _round(self.p50), "p95_s": _round(self.p95),
+                "prompt_tokens": sum(r.prompt_tokens or 0 for r in self.results),
+                "completion_tokens": self.completion_tokens}
+
+    def table(self):
+        """One row per prompt: response, latency, tokens, status (a pandas DataFrame)."""
+        import pandas as pd
+
+        return pd.DataFrame([{"prompt": r.prompt, "response": r.response if r.ok else f"[{r.status}] {r.error}",
+                              "latency_s": _round(r.latency_s), "prompt_tokens": r.prompt_tokens,
+                              "completion_tokens": r.completion_tokens} for r in self.results])
+
+    def __str__(self) -> str:
+        s = self.summary()
+        return (f"{s['endpoint']}: {s['requests']} requests, {s['errors']} errors, p50 {s['p50_s']} s, "
+                f"p95 {s['p95_s']} s, tokens {s['prompt_tokens']} in / {s['completion_tokens']} out")
+
+
+def _round(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+# ----- the one client ---------------------------------------------------------------------------
+def query_endpoint(endpoint: Endpoint, prompts: list[Prompt], system: str | None = None, max_tokens: int = 64,
+                   temperature: float = 0.0, log: CallLog | None | bool = True) -> QueryReport:
+    """Send each prompt once, in order, and report responses, latency and tokens (logged unless ``log=False``)."""
+    calls = _logger(log)
+    with endpoint.client() as client:
+        results = []
+        for prompt in prompts:
+            result = endpoint.send(client, as_messages(prompt, system), max_tokens, temperature)
+            calls.record(endpoint, result)
+            results.append(result)
+    return QueryReport(endpoint.name, results)
+
+
+def compare_endpoints(endpoints: list[Endpoint], prompts: list[Prompt], **kwargs):
+    """Side by side: one row per prompt, one response column per endpoint (a pandas DataFrame)."""
+    import pandas as pd
+
+    reports = [query_endpoint(ep, prompts, **kwargs) for ep in endpoints]
+    rows = {"prompt": [r.prompt for r in reports[0].results]}
+    for report in reports:
+        rows[report.endpoint] = [r.response if r.ok else f"[{r.status}] {r.error}" for r in report.results]
+    return pd.DataFrame(rows), reports
+
+
+@dataclass
+class LoadReport:
+    endpoint: str
+    concurrency: int
+    wall_s: float
+    results: list[CallResult]
+
+    @property
+    def requests_per_s(self) -> float:
+        return len(self.results) / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return sum(r.completion_tokens or 0 for r in self.results) / self.wall_s if self.wall_s else 0.0
+
+    def summary(self) -> dict:
+        query = QueryReport(self.endpoint, self.results).summary()
+        return {**query, "concurrency": self.concurrency, "wall_s": _round(self.wall_s, 2),
+                "requests_per_s": _round(self.requests_per_s, 2), "tokens_per_s": _round(self.tokens_per_s, 1),
+                "error_kinds": sorted({str(r.status) for r in self.results if not r.ok})}
+
+    def __str__(self) -> str:
+        s = self.summary()
+        return (f"{s['endpoint']}: {s['requests']} requests at concurrency {s['concurrency']} in {s['wall_s']} s "
+                f"-> {s['requests_per_s']} req/s, {s['tokens_per_s']} tokens/s, p50 {s['p50_s']} s, "
+                f"p95 {s['p95_s']} s, errors {s['errors']}")
+
+
+def load_test(endpoint: Endpoint, prompts: list[Prompt], concurrency: int = 8, requests: int = 50,
+              max_tokens: int = 32, temperature: float = 0.0, system: str | None = None,
+              log: CallLog | None | bool = True) -> LoadReport:
+    """``requests`` calls with at most ``concurrency`` in flight, cycling through ``prompts``."""
+    if concurrency < 1 or requests < 1:
+        raise EndpointError(f"concurrency and requests must be at least 1 (got {concurrency}, {requests})")
+    if not prompts:
+        raise EndpointError("load_test needs at least one prompt")
+    calls = _logger(log)
+    conversations = [as_messages(prompts[i % len(prompts)], system) for i in range(requests)]
+    with endpoint.client(concurrency) as client, concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        def one(messages):
+            result = endpoint.send(client, messages, max_tokens, temperature)
+            calls.record(endpoint, result)
+            return result
+
+        start = time.perf_counter()
+        results = list(pool.map(one, conversations))
+        wall = time.perf_counter() - start
+    return LoadReport(endpoint.name, concurrency, wall, results)
+
+
+def _logger(log: CallLog | None | bool) -> CallLog:
+    if log is True:
+        return default_log()
+    if not log:
+        return CallLog(None)
+    return log

@@ -1,0 +1,163 @@
+"""The local endpoint for real: a child process on loopback, queried over HTTP with the course's client."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from phi3lab.endpoints import LocalEndpoint, load_test, query_endpoint
+from phi3lab.monitoring import CallLog, read_log
+from phi3lab.serving import SERVER_DIR, ChatRequest, LocalServer, ServerError, default_adapter
+
+PROMPTS = ["What is the capital of France?", "Name a colour."]
+
+
+@pytest.fixture(scope="module")
+def server():
+    with LocalServer(adapter=None) as running:
+        yield running
+    assert not running.running
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_health_and_models(server):
+    health = server.health()
+    assert health["status"] == "ok" and health["model"] == "phi3-tiny-offline" and health["adapter"] is None
+    models = httpx.get(f"{server.url}/v1/models").json()
+    assert [m["id"] for m in models["data"]] == ["phi3-tiny-offline"]
+    assert (SERVER_DIR / f"server-{server.port}.json").is_file()
+
+
+def test_chat_completion_follows_the_openai_schema(server):
+    reply = httpx.post(f"{server.url}/v1/chat/completions", timeout=120, json={
+        "model": "phi3-tiny-offline", "max_tokens": 6,
+        "messages": [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": PROMPTS[0]}]})
+    assert reply.status_code == 200
+    body = reply.json()
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    choice = body["choices"][0]
+    assert choice["message"]["role"] == "assistant" and choice["message"]["content"]
+    assert choice["finish_reason"] in {"stop", "length"}
+    usage = body["usage"]
+    assert 0 < usage["completion_tokens"] <= 6
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_query_endpoint_reports_latency_tokens_and_logs(server, tmp_path):
+    log = CallLog(tmp_path / "calls.jsonl")
+    report = query_endpoint(LocalEndpoint(server.url), PROMPTS, max_tokens=6, log=log)
+    assert report.errors == 0 and len(report.results) == 2
+    assert all(r.response and 0 < r.completion_tokens <= 6 and r.prompt_tokens > 5 for r in report.results)
+    assert 0 < report.p50 <= report.p95
+    assert list(report.table().columns[:2]) == ["prompt", "response"]
+    records = read_log(tmp_path / "calls.jsonl")
+    assert [r["prompt"] for r in records] == PROMPTS
+    assert all(r["status"] == 200 and r["kind"] == "local" and r["latency_s"] > 0 for r in records)
+
+
+@pytest.mark.parametrize("body, status, names", [
+    ({"messages": []}, 400, "messages"),
+    ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages.0.role"),
+    ({"messages": [{"role": "user"}]}, 400, "messages.0.content"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 400, "max_tokens"),
+    ({"messages": [{"role": "user", "content": "hi"}], "temperature": 9}, 400, "temperature"),
+    ({"messages": [{"role": "user", "content": "hi"}], "stream": True}, 400, "stream"),
+    ({"messages": [{"role": "assistant", "content": "hi"}]}, 400, "last message must have role 'user'"),
+    ({"messages": [{"role": "user", "content": "hi"}], "model": "gpt-4o"}, 404, "not served here"),
+    ({"messages": [{"role": "user", "content": "word " * 9000}], "max_tokens": 8}, 400, "context"),
+    ("this is not json", 400, "body"),
+])
+def test_malformed_requests_get_a_clear_4xx_and_the_server_keeps_serving(server, body, status, names):
+    payload = {"content": body, "headers": {"Content-Type": "application/json"}} if isinstance(body, str) \
+        else {"json": body}
+    reply = httpx.post(f"{server.url}/v1/chat/completions", timeout=60, **payload)
+    assert reply.status_code == status
+    assert names in reply.json()["error"]["message"]
+    assert server.health()["status"] == "ok"
+
+
+def test_bounded_load_is_batched_without_errors(server, tmp_path):
+    before = server.health()
+    report = load_test(LocalEndpoint(server.url), PROMPTS, concurrency=4, requests=8, max_tokens=4,
+                       log=CallLog(tmp_path / "load.jsonl"))
+    after = server.health()
+    summary = report.summary()
+    assert summary["errors"] == 0 and summary["requests"] == 8 and summary["requests_per_s"] > 0
+    assert summary["tokens_per_s"] > 0 and summary["p50_s"] <= summary["p95_s"]
+    served = after["requests_served"] - before["requests_served"]
+    batches = after["batches_run"] - before["batches_run"]
+    assert served == 8 and batches < served  # concurrent requests shared forward passes
+    assert len(read_log(tmp_path / "load.jsonl")) == 8
+
+
+def test_unreachable_endpoint_is_an_error_result_not_an_exception(tmp_path):
+    report = query_endpoint(LocalEndpoint("http://127.0.0.1:9", timeout=2), ["hi"], log=CallLog(tmp_path / "l.jsonl"))
+    assert report.errors == 1 and report.results[0].status == "ConnectError" and report.p50 is None
+
+
+def test_request_model_defaults_are_greedy_and_bounded():
+    request = ChatRequest(messages=[{"role": "user", "content": "hi"}], unknown_field=1)
+    assert request.temperature == 0.0 and request.max_tokens == 128 and request.n == 1
+
+
+def test_stop_is_idempotent_and_leaves_no_process():
+    server = LocalServer(adapter=None).start()
+    pid = server.process.pid
+    server.stop()
+    server.stop()
+    assert _wait_gone(pid, 5) and not (SERVER_DIR / f"server-{server.port}.json").exists()
+
+
+def test_server_exits_when_its_parent_is_killed(tmp_path):
+    # A kernel restart kills the kernel without running atexit; the server must notice and leave.
+    script = ("import sys, time\nfrom phi3lab.serving import LocalServer\n"
+              "s = LocalServer(adapter=None).start()\nprint(s.process.pid, flush=True)\ntime.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(parent.stdout.readline())
+        assert _alive(server_pid)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        assert _wait_gone(server_pid, 20), "the server outlived its parent"
+    finally:
+        parent.kill()
+
+
+def test_a_server_that_cannot_start_reports_its_log(tmp_path):
+    with pytest.raises(ServerError, match="exited during start-up"):
+        LocalServer(adapter=tmp_path / "no-adapter-here", startup_timeout=120).start()
+
+
+@pytest.mark.skipif(default_adapter() is None, reason="no trained adapter in runs/lora/adapter yet")
+def test_serves_the_trained_adapter():
+    with LocalServer() as server:
+        assert server.health()["adapter"] == str(default_adapter())
+        report = query_endpoint(LocalEndpoint(server.url), PROMPTS[:1], max_tokens=6, log=False)
+        assert report.errors == 0 and report.results[0].response
