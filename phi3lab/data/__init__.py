@@ -7,6 +7,7 @@ Every function streams its input line by line and never modifies it.
 """
 
 from .clean import CleanReport, clean
+from .diversity import near_duplicate_pairs, near_duplicate_share
 from .labels import load_labels, read_label_map
 from .records import MAX_LINE_BYTES, ROLES
 from .report import DataError, Finding, TokenStats, ValidationReport
@@ -16,6 +17,7 @@ from .validate import read_conversations, validate
 
 __all__ = [
     "MAX_LINE_BYTES", "PRICE_SOURCE", "ROLES", "CleanReport", "CostEstimate", "DataError", "DataStats", "Finding",
-    "SplitResult", "TokenStats", "ValidationReport", "clean", "estimate_cost", "load_labels", "read_conversations",
+    "SplitResult", "TokenStats", "ValidationReport", "clean", "estimate_cost", "load_labels", "near_duplicate_pairs",
+    "near_duplicate_share", "read_conversations",
     "read_label_map", "split", "stats", "validate",
 ]

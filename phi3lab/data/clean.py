@@ -90,11 +90,16 @@ def clean(src: str | os.PathLike, dst: str | os.PathLike, tokenizer=None, max_to
     kept_labels: list[str] = []
     counter = TokenCounter(tokenizer) if tokenizer is not None else None
 
+    pending_fixes: dict[int, list[str]] = {}  # fixes are reported only for lines that are kept
+
     def keep(batch) -> None:
         for line, messages, tokens in batch:
+            fixes = pending_fixes.pop(line)
             if max_tokens and tokens > max_tokens:
                 report.drop(line, "too_long", f"{tokens} tokens with the chat template, over {max_tokens}")
                 continue
+            for what in fixes:
+                report.fix(line, what)
             out.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
             report.n_kept += 1
             if label_map is not None:
@@ -108,12 +113,13 @@ def clean(src: str | os.PathLike, dst: str | os.PathLike, tokenizer=None, max_to
             report.n_read += 1
             if _dropped(item, report):
                 continue
-            for what in _line_fixes(item) + item.fixes:
-                report.fix(item.raw.number, what)
+            pending_fixes[item.raw.number] = _line_fixes(item) + item.fixes
             line, messages = item.raw.number, item.record["messages"]
             keep(counter.add(line, messages) if counter is not None else [(line, messages, 0)])
         if counter is not None:
             keep(counter.flush())
+    report.dropped.sort()
+    report.fixed.sort(key=lambda entry: entry[0])
     if label_map is not None:
         with atomic_lines(labels_dst) as handle:
             write_labels(handle, kept_labels)

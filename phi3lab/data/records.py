@@ -172,7 +172,7 @@ def _check_order(roles: list[str], line: int) -> list[Finding]:
     if "assistant" in roles and roles[-1] != "assistant":
         found.append(finding(line, "last_not_assistant", f"messages[{len(roles) - 1}].role",
                              f"the last message is from {roles[-1]}; it must be the assistant's answer"))
-    if roles[0] != "system":
+    if "system" not in roles:
         found.append(finding(line, "no_system", "messages[0]", "no system prompt; training without the one "
                                                                "you will deploy with weakens it"))
     return found

@@ -91,7 +91,7 @@ class ValidationReport:
         if len(kept) < MAX_KEPT_FINDINGS:
             kept.append(finding)
 
-    def summary(self, limit: int = 12) -> str:
+    def summary(self, limit: int = 20) -> str:
         verdict = "valid" if self.ok else "INVALID"
         lines = [f"{self.path}: {verdict} - {self.n_lines} lines, {self.n_valid} valid conversations, "
                  f"{self.n_errors} errors, {self.n_warnings} warnings"]
