@@ -1,0 +1,75 @@
+"""``phi3lab train`` (the notebook's training path, headless) and ``phi3lab generate`` (chat with a model)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def register(commands) -> None:
+    train = commands.add_parser("train", help="fine-tune with LoRA exactly as notebook 02 does")
+    train.add_argument("--config", metavar="FILE", help="TrainConfig as YAML/JSON (default: the workshop preset)")
+    train.add_argument("--preset", default="workshop default", help="preset used when no --config is given")
+    train.add_argument("--fresh", action="store_true", help="ignore existing checkpoints and start over")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    train.set_defaults(handler=run_train)
+
+    generate = commands.add_parser("generate", help="chat with a base model, a trained adapter or a merged model")
+    source = generate.add_mutually_exclusive_group()
+    source.add_argument("--model", help="catalog model name (default: the machine's default model)")
+    source.add_argument("--adapter", metavar="DIR", help="adapter folder written by training (<output_dir>/adapter)")
+    source.add_argument("--merged", metavar="DIR", help="folder written by merge_and_save")
+    generate.add_argument("--prompt", action="append", help="one user message (repeatable); omit to chat on stdin")
+    generate.add_argument("--system", help="system message")
+    generate.add_argument("--max-new-tokens", type=int, default=128)
+    generate.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    generate.set_defaults(handler=run_generate)
+
+
+def run_train(args) -> int:
+    from ..config import TrainConfig, default_config
+    from ..training import train
+
+    config = TrainConfig.load(args.config) if args.config else default_config(args.preset)
+    result = train(config, resume=not args.fresh, progress=not args.no_progress)
+    print(json.dumps(result.summary, indent=2))
+    print(f"adapter saved to {result.adapter_dir}")
+    return 0
+
+
+def _load(args):
+    from ..models import load_model, load_tokenizer
+    from ..training import load_merged, load_trained
+
+    if args.adapter:
+        return load_trained(args.adapter)
+    if args.merged:
+        return load_merged(args.merged)
+    return load_model(args.model).eval(), load_tokenizer(args.model)
+
+
+def run_generate(args) -> int:
+    from ..generation import generate
+
+    model, tokenizer = _load(args)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+
+    def reply(messages):
+        return generate(model, tokenizer, [messages], max_new_tokens=args.max_new_tokens, do_sample=args.sample)[0]
+
+    if args.prompt:
+        answers = generate(model, tokenizer, [system + [{"role": "user", "content": p}] for p in args.prompt],
+                           max_new_tokens=args.max_new_tokens, do_sample=args.sample)
+        for answer in answers:
+            print(answer)
+        return 0
+    conversation = list(system)
+    print("chat with the model; an empty line ends", file=sys.stderr)
+    for line in sys.stdin:
+        if not line.strip():
+            break
+        conversation.append({"role": "user", "content": line.strip()})
+        answer = reply(conversation)
+        conversation.append({"role": "assistant", "content": answer})
+        print(answer, flush=True)
+    return 0
