@@ -205,3 +205,60 @@ def plot_endpoint_calls(records: list[dict], title: str = "Endpoint calls: laten
         ax.set_xlabel("time (UTC)")
         ax.legend(fontsize=STYLE["legend.fontsize"] - 2)
     return fig
+
+
+# ----- data preparation (notebook 01) -------------------------------------------------------
+@styled
+def plot_token_lengths(lengths, max_tokens: int | None = None, title: str = "Tokens per conversation") -> Figure:
+    """Histogram of conversation lengths (chat template included), with the token limit marked.
+
+    ``lengths`` is a list of token counts or anything with ``.conversation_tokens`` (``phi3lab.data.stats``).
+    """
+    import numpy as np
+
+    values = np.asarray(getattr(lengths, "conversation_tokens", lengths))
+    fig, ax = new_figure(title)
+    if values.size == 0:
+        ax.text(0.5, 0.5, "no token counts (pass a tokenizer to stats)", ha="center", va="center",
+                transform=ax.transAxes)
+        return fig
+    ax.hist(values, bins=min(40, max(5, int(np.sqrt(values.size)))), color=PALETTE[0], edgecolor="white")
+    p95 = float(np.percentile(values, 95))
+    ax.axvline(p95, color=PALETTE[1], linestyle="--", label=f"95th percentile: {p95:.0f}")
+    if max_tokens and max_tokens <= values.max() * 1.5:
+        ax.axvline(max_tokens, color=PALETTE[3], label=f"limit: {max_tokens}")
+    ax.set_xlabel("tokens (with the chat template)")
+    ax.set_ylabel("conversations")
+    ax.legend(loc="upper right")
+    return fig
+
+
+@styled
+def plot_turns(turns, title: str = "Assistant replies per conversation") -> Figure:
+    """Bars of how many conversations have 1, 2, ... assistant replies (``DataStats.turns`` or a dict)."""
+    counts = dict(sorted(getattr(turns, "turns", turns).items()))
+    fig, ax = new_figure(title, figsize=(7, 5))
+    bars = ax.bar([str(k) for k in counts], list(counts.values()), color=PALETTE[2], width=0.6)
+    _label_bars(ax, bars, "d")
+    ax.set_xlabel("assistant replies")
+    ax.set_ylabel("conversations")
+    ax.set_ylim(0, max(counts.values(), default=1) * 1.15)
+    ax.grid(axis="x", visible=False)
+    return fig
+
+
+@styled
+def plot_label_balance(label_counts, title: str = "Conversations per intent") -> Figure:
+    """Horizontal bars per label, with the half-of-largest line: a label below it is under-represented."""
+    counts = dict(sorted(getattr(label_counts, "label_counts", label_counts).items(), key=lambda kv: kv[1]))
+    fig, ax = new_figure(title, figsize=(9, max(4.5, 0.45 * len(counts) + 1.5)))
+    bars = ax.barh(list(counts), list(counts.values()), color=PALETTE[0])
+    ax.bar_label(bars, padding=3)
+    if counts:
+        half = max(counts.values()) / 2
+        ax.axvline(half, color=PALETTE[3], linestyle="--", label="half of the largest")
+        fig.legend(loc="outside lower center")
+        ax.set_xlim(0, max(counts.values()) * 1.15)
+    ax.set_xlabel("conversations")
+    ax.grid(axis="y", visible=False)
+    return fig

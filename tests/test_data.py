@@ -213,3 +213,14 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert cli(["data", "validate", str(tmp_path / "missing.jsonl"), "--structure-only"]) == 2
     assert cli(["data", "clean", str(DIRTY), str(tmp_path / "c.jsonl"), "--structure-only"]) == 0
     assert cli(["data", "validate", str(tmp_path / "c.jsonl"), "--structure-only"]) == 0
+
+
+def test_data_plots_return_figures(tmp_path, tokenizer):
+    from phi3lab import plots
+
+    chat = write(tmp_path, conv("a"), conv("b b b b"), conv("c"))
+    labels = write(tmp_path, *[{"line": i, "intent": x} for i, x in enumerate("xyx", 1)], name="labels.jsonl")
+    result = stats(chat, tokenizer, labels=labels)
+    assert len(plots.plot_token_lengths(result, max_tokens=40).axes[0].patches) >= 5
+    assert [p.get_height() for p in plots.plot_turns(result).axes[0].patches] == [3]
+    assert sorted(p.get_width() for p in plots.plot_label_balance(result).axes[0].patches) == [1, 2]
