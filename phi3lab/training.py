@@ -16,6 +16,7 @@ import re
 import resource
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from .config import TrainConfig
 from .errors import Phi3LabError
 from .history import MetricsHistory
 from .io import atomic_directory, atomic_write_json
+
+# peft still calls a transformers property renamed in v5; the warning is noise for learners.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 IGNORE_INDEX = -100  # the label value PyTorch's cross-entropy skips
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -93,7 +97,9 @@ def tokenize_conversation(tokenizer, messages: list[dict], max_length: int) -> d
                         truncation=True, max_length=max_length)
     labels = []
     for token_id, (lo, hi) in zip(encoded["input_ids"], encoded["offset_mapping"], strict=True):
-        trained = hi > lo and any(lo < end and hi > start for start, end in spans)
+        # A token is trained when it ends inside a span. The character-level end can stop partway
+        # into the next turn's first special token (e.g. "<|" of "<|user|>"), which is excluded so.
+        trained = hi > lo and any(start < hi <= end for start, end in spans)
         labels.append(token_id if trained else IGNORE_INDEX)
     return {"input_ids": list(encoded["input_ids"]), "labels": labels,
             "attention_mask": [1] * len(encoded["input_ids"])}
@@ -385,6 +391,7 @@ def add_lora(config: TrainConfig, model):
 
 
 def training_arguments(config: TrainConfig, staging_dir: Path, speed: dict, bf16: bool, progress: bool = True):
+    import torch
     from transformers import TrainingArguments
 
     packing = speed["packing"]
@@ -413,11 +420,12 @@ def training_arguments(config: TrainConfig, staging_dir: Path, speed: dict, bf16
         prediction_loss_only=True,
         # without packing, batch conversations of similar length so padding stays small
         train_sampling_strategy="random" if packing else "group_by_length",
-        gradient_checkpointing=speed["gradient_checkpointing"],
-        gradient_checkpointing_kwargs={"use_reentrant": False} if speed["gradient_checkpointing"] else None,
+        activation_checkpointing=speed["gradient_checkpointing"],
+        activation_checkpointing_kwargs={"use_reentrant": False} if speed["gradient_checkpointing"] else None,
         use_liger_kernel=speed["use_liger"],
         torch_compile=speed["torch_compile"],
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
 
 
@@ -475,6 +483,9 @@ def train(config: TrainConfig, callbacks=None, resume: bool = True, progress: bo
         saved = MetricsHistory.load(start_from / HISTORY_NAME)
         history.records = saved.records
     publisher = _checkpoint_callback_class()(config, output_dir, history)
+    for callback in callbacks or []:  # e.g. the live loss plot: it shows the run's own (resumed) history
+        if isinstance(getattr(callback, "history", None), MetricsHistory):
+            callback.history = history
     trainer = build_trainer(config, model, tokenizer, train_set, eval_set, staging, speed,
                             [publisher, *(callbacks or [])], progress)
     if device == "cuda":
