@@ -64,3 +64,25 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     finally:
         model.train(was_training)
     return replies
+
+
+def compare_replies(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 96):
+    """A table of base and fine-tuned replies to the same prompts, side by side.
+
+    ``model`` is a peft model: the base replies come from the same weights with the adapter
+    switched off, so no second copy of the base model is loaded.
+    """
+    import pandas as pd
+
+    with model.disable_adapter():
+        base = generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens)
+    tuned = generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens)
+    table = pd.DataFrame({
+        "user": [prompt_messages(c)[-1]["content"] for c in conversations],
+        "base model": base,
+        "fine-tuned": tuned,
+    })
+    references = [c[-1]["content"] if c and c[-1].get("role") == "assistant" else "" for c in conversations]
+    if any(references):
+        table["reference"] = references
+    return table.style.set_properties(**{"text-align": "left", "white-space": "pre-wrap", "vertical-align": "top"})

@@ -105,6 +105,23 @@ def tokenize_conversation(tokenizer, messages: list[dict], max_length: int) -> d
             "attention_mask": [1] * len(encoded["input_ids"])}
 
 
+def label_preview(tokenizer, messages: list[dict], max_length: int = 4096) -> str:
+    """The rendered conversation with the trained tokens wrapped in [[ ]], to see what the loss covers."""
+    row = tokenize_conversation(tokenizer, messages, max_length)
+    pieces, trained_run = [], []
+    for token_id, label in zip(row["input_ids"], row["labels"], strict=True):
+        if label != IGNORE_INDEX:
+            trained_run.append(token_id)
+            continue
+        if trained_run:
+            pieces.append(f"[[{tokenizer.decode(trained_run)}]]")
+            trained_run = []
+        pieces.append(tokenizer.decode([token_id]))
+    if trained_run:
+        pieces.append(f"[[{tokenizer.decode(trained_run)}]]")
+    return "".join(pieces)
+
+
 def build_dataset(tokenizer, conversations: list[list[dict]], max_length: int, notices: list[str] | None = None):
     """A ``datasets.Dataset`` of tokenized conversations; ones with nothing left to train are dropped."""
     from datasets import Dataset
@@ -519,6 +536,21 @@ def train(config: TrainConfig, callbacks=None, resume: bool = True, progress: bo
         history.save(tmp / HISTORY_NAME)
         atomic_write_json(tmp / SUMMARY_NAME, summary)
     return TrainResult(output_dir=output_dir, adapter_dir=adapter_dir, history=history, summary=summary)
+
+
+def describe_summary(summary: dict) -> str:
+    """The run's headline numbers in a few lines (what the notebook and CLI show)."""
+    validation = summary["final_validation_loss"]
+    return "\n".join([
+        f"steps: {summary['steps']} (resumed from step {summary['resumed_from_step']})" if summary["resumed_from_step"]
+        else f"steps: {summary['steps']}",
+        f"device: {summary['device']} ({summary['dtype']})",
+        f"non-pad tokens/s: {summary['non_pad_tokens_per_second']:,.0f} ({summary['trained_tokens']:,} tokens)",
+        f"peak memory: {summary['peak_memory_bytes'] / 2**30:.2f} GiB ({summary['peak_memory_kind']})",
+        f"wall time: {summary['wall_seconds'] / 60:.1f} min",
+        f"final train loss: {summary['final_train_loss']:.3f}",
+        f"final validation loss: {validation:.3f}" if validation is not None else "final validation loss: -",
+    ])
 
 
 def _step_of(checkpoint: Path | None) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 
@@ -28,11 +27,11 @@ def register(commands) -> None:
 
 def run_train(args) -> int:
     from ..config import TrainConfig, default_config
-    from ..training import train
+    from ..training import describe_summary, train
 
     config = TrainConfig.load(args.config) if args.config else default_config(args.preset)
     result = train(config, resume=not args.fresh, progress=not args.no_progress)
-    print(json.dumps(result.summary, indent=2))
+    print(describe_summary(result.summary))
     print(f"adapter saved to {result.adapter_dir}")
     return 0
 
