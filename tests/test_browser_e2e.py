@@ -157,15 +157,18 @@ def cell_locator(page, index: int):
     return page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell").nth(index)
 
 
-def wait_until_executed(page, indices: list[int]) -> None:
-    """Wait until each code cell has an execution count and the kernel is idle again."""
+def wait_until_executed(page, indices: list[int], previous: dict | None = None) -> None:
+    """Wait until each code cell has a new execution count, has finished, and the kernel is idle."""
     page.wait_for_function(
-        f"""(indices) => {{
+        f"""([indices, previous]) => {{
             const nb = {CURRENT_NOTEBOOK};
             const cells = nb.content.model.cells;
-            return indices.every(i => cells.get(i).executionCount !== null)
-                && nb.sessionContext.session.kernel.status === 'idle';
-        }}""", arg=indices)
+            return indices.every(i => {{
+                    const count = cells.get(i).executionCount;
+                    return count !== null && count !== (previous[i] ?? null)
+                        && (cells.get(i).executionState || 'idle') === 'idle';
+                }}) && nb.sessionContext.session.kernel.status === 'idle';
+        }}""", arg=[indices, previous or {}])
 
 
 def cell_errors(page) -> list[str]:
@@ -185,11 +188,13 @@ def cell_errors(page) -> list[str]:
 
 def run_cell_by_keyboard(page, index: int) -> None:
     """Click into a cell and press Shift+Enter, as a learner does."""
+    before = page.evaluate(f"(i) => {CURRENT_NOTEBOOK}.content.model.cells.get(i).executionCount", index)
     cell = cell_locator(page, index)
     cell.scroll_into_view_if_needed()
-    cell.locator(".jp-InputArea-editor").click()
+    cell.locator(".jp-InputPrompt").click()  # selects the cell in command mode
+    page.wait_for_function(f"(i) => {CURRENT_NOTEBOOK}.content.activeCellIndex === i", arg=index)
     page.keyboard.press("Shift+Enter")
-    wait_until_executed(page, [index])
+    wait_until_executed(page, [index], {index: before})
 
 
 def code_cells(path: Path) -> list[tuple[int, str]]:
@@ -233,7 +238,7 @@ def require(name: str) -> Path:
 def test_training_widgets_change_the_config(lab, page):
     """Notebook 02: show the hyperparameter panel, move learning rate and epochs, see the new config."""
     cells = code_cells(require(TRAINING_NOTEBOOK))
-    panel_at = next((n for n, (i, src) in enumerate(cells) if "HyperparameterPanel" in src), None)
+    panel_at = next((n for n, (i, src) in enumerate(cells) if re.search(r"\bHyperparameterPanel\(", src)), None)
     assert panel_at is not None and panel_at + 1 < len(cells), \
         f"{TRAINING_NOTEBOOK} needs a cell that shows HyperparameterPanel followed by a cell using panel.config"
     panel_cell, next_cell = cells[panel_at][0], cells[panel_at + 1][0]
@@ -246,10 +251,10 @@ def test_training_widgets_change_the_config(lab, page):
 
     run_cell_by_keyboard(page, panel_cell)
     assert cell_errors(page) == []
-    set_widget_value(page, "phi3lab-learning_rate", "0.001")
+    set_widget_value(page, "phi3lab-learning-rate", "0.001")
     set_widget_value(page, "phi3lab-epochs", "3")
     cell_locator(page, panel_cell).screenshot(path=ARTIFACTS / "02-hyperparameter-panel.png")
-    assert float(widget_shows(page, "phi3lab-learning_rate")) == pytest.approx(1e-3, rel=0.05)
+    assert float(widget_shows(page, "phi3lab-learning-rate")) == pytest.approx(1e-3, rel=0.05)
     assert widget_shows(page, "phi3lab-epochs").strip() == "3"
 
     run_cell_by_keyboard(page, next_cell)
