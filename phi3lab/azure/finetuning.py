@@ -16,6 +16,7 @@ from ..config import TrainConfig, default_config
 from ..errors import Phi3LabError
 from ..models import CATALOG, OFFLINE_MODEL, get_spec
 from .dryrun import RecordedRequest, RecordingTransport, Reply, show_requests
+from .monitor import status_text
 from .schemas import validate_job_body
 from .service import azure_errors
 from .settings import AzureSettings, load_settings
@@ -212,7 +213,7 @@ def submit_finetuning(config: TrainConfig | None = None, settings: AzureSettings
     job = build_job(config, references[0], references[1] if len(references) > 1 else None, model_id, job_name)
     with azure_errors(f"submitting fine-tuning job {job_name}"):
         created = ml.jobs.create_or_update(job)
-    return Submission(False, created.name, model_id, assets, cost=cost, status=str(created.status))
+    return Submission(False, created.name, model_id, assets, cost=cost, status=status_text(created.status))
 
 
 def _dry_run(config, settings, azure_model, assets, cost, job_name) -> Submission:

@@ -54,7 +54,7 @@ def monitor_job(job_name: str, ml=None, *, timeout_s: float = 6 * 3600, backoff:
     start, attempt, last = clock(), 0, None
     while True:
         with azure_errors(f"reading job {job_name}"):
-            status = str(ml.jobs.get(job_name).status)
+            status = status_text(ml.jobs.get(job_name).status)
         elapsed = clock() - start
         if progress and status != last:
             progress(f"[{_clock(elapsed)}] {job_name}: {status}")
@@ -71,6 +71,11 @@ def monitor_job(job_name: str, ml=None, *, timeout_s: float = 6 * 3600, backoff:
                                       f"`phi3lab azure monitor {job_name}`")
         sleep(wait)
         attempt += 1
+
+
+def status_text(status) -> str:
+    """The service's status string (the SDK hands back a str enum such as JobStatus.COMPLETED)."""
+    return str(getattr(status, "value", status))
 
 
 def job_error(ml, job_name: str) -> str:
