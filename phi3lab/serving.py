@@ -122,7 +122,7 @@ class BatchingGenerator:
         self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
         self.context_length = getattr(model.config, "max_position_embeddings", 4096)
         self.stop_ids = stop_token_ids(model, tokenizer)
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._queue: queue.Queue[_Job] = queue.Queue()
         self.requests_served = self.batches_run = 0  # shown by /health: batches < requests means batching worked
         self._thread = threading.Thread(target=self._run, name="phi3lab-generator", daemon=True)
         self._thread.start()
@@ -145,22 +145,14 @@ class BatchingGenerator:
     def waiting(self) -> int:
         return self._queue.qsize()
 
-    def close(self) -> None:
-        self._queue.put(None)
-
     def _run(self) -> None:
-        while True:
+        while True:  # a daemon thread: it ends with the process
             first = self._queue.get()
-            if first is None:
-                return
             batch, later = [first], []
             while len(batch) < self.max_batch:  # take what is waiting now; never wait for more
                 try:
                     job = self._queue.get_nowait()
                 except queue.Empty:
-                    break
-                if job is None:
-                    self._queue.put(None)
                     break
                 (batch if job.sampling == first.sampling else later).append(job)
             for job in later:
@@ -261,7 +253,6 @@ def build_app(model, tokenizer, served_name: str, info: dict | None = None, max_
                              "finish_reason": result["finish_reason"]}],
                 "usage": usage}
 
-    app.router.on_shutdown.append(generator.close)
     return app
 
 
@@ -299,7 +290,8 @@ def serve_forever(host: str = "127.0.0.1", port: int = 8000, model_name: str | N
 
     model, tokenizer, name, info = load_for_serving(model_name, adapter, merge)
     server = uvicorn.Server(uvicorn.Config(build_app(model, tokenizer, name, info), host=host, port=port,
-                                           log_level=log_level, timeout_graceful_shutdown=5))
+                                           log_level=log_level, timeout_graceful_shutdown=5,
+                                           lifespan="off"))  # no startup/shutdown hooks; Ctrl+C stays quiet
     if parent_pid:
         threading.Thread(target=_exit_with_parent, args=(server, parent_pid), daemon=True).start()
     server.run()

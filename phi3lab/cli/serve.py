@@ -1,0 +1,24 @@
+"""``phi3lab serve``: the local OpenAI-compatible endpoint in the foreground (Ctrl+C stops it)."""
+
+
+def register(commands) -> None:
+    parser = commands.add_parser("serve", help="serve the fine-tuned (or base) model on localhost, OpenAI-compatible")
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (default: loopback only)")
+    parser.add_argument("--port", type=int, default=0, help="port (default 0: a free one, printed at start)")
+    parser.add_argument("--model", default=None, help="catalog name of the base model (default: as the course picks)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--adapter", default=None, help="LoRA adapter folder (default: runs/lora/adapter if present)")
+    source.add_argument("--base", action="store_true", help="serve the base model even if an adapter exists")
+    parser.add_argument("--merge", action="store_true", help="merge the adapter into the weights (faster answers)")
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from ..serving import default_adapter, free_port, serve_forever
+
+    adapter = None if args.base else (args.adapter or default_adapter())
+    port = args.port or free_port(args.host)
+    print(f"serving {'adapter ' + str(adapter) if adapter else 'the base model'} at http://{args.host}:{port}/v1 "
+          f"(health: /health). Ctrl+C stops it.", flush=True)
+    serve_forever(args.host, port, args.model, adapter, args.merge)
+    return 0
