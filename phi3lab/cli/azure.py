@@ -1,0 +1,107 @@
+"""``phi3lab azure ...``: prerequisite checks, fine-tuning submit/monitor/metrics, scale-out. Dry run by default."""
+
+from __future__ import annotations
+
+
+def register(commands) -> None:
+    parser = commands.add_parser("azure", help="Azure AI Foundry: checks, serverless fine-tuning, scale-out")
+    sub = parser.add_subparsers(dest="azure_command", metavar="ACTION", required=True)
+
+    check = sub.add_parser("check", help="prerequisite checks (pass/fail/skipped, each with its fix)")
+    check.add_argument("--model", default="phi-3-mini-4k-instruct", help="catalog name of the base model")
+    check.set_defaults(handler=_check)
+
+    provider = sub.add_parser("register-provider", help="register Microsoft.Network (dry run without --confirm)")
+    provider.add_argument("--confirm", action="store_true", help="really send the registration")
+    provider.set_defaults(handler=_register)
+
+    submit = sub.add_parser("submit", help="serverless fine-tuning job (dry run without --confirm)")
+    submit.add_argument("--config", required=True, help="TrainConfig YAML/JSON (batch size, learning rate, epochs)")
+    submit.add_argument("--model", help="catalog name (default: the config's model)")
+    submit.add_argument("--price", type=float, help="price per 1K training tokens, from the portal's Pricing tab")
+    submit.add_argument("--confirm", action="store_true", help="really upload and submit (costs money)")
+    submit.set_defaults(handler=_submit)
+
+    monitor = sub.add_parser("monitor", help="watch a job until it ends (resumable by name)")
+    monitor.add_argument("job")
+    monitor.add_argument("--timeout", type=float, default=6 * 3600, help="seconds before giving up watching")
+    monitor.set_defaults(handler=_monitor)
+
+    metrics = sub.add_parser("metrics", help="save a job's training/validation loss as a metrics history")
+    metrics.add_argument("job")
+    metrics.add_argument("--out", required=True, help="JSON file to write (same format as local training)")
+    metrics.set_defaults(handler=_metrics)
+
+    job = sub.add_parser("train-job", help="`phi3lab train` as an Azure ML command job on a GPU cluster")
+    job.add_argument("--config", required=True)
+    job.add_argument("--compute", default="gpu-cluster", help="name of an existing compute cluster")
+    job.add_argument("--gpus", type=int, default=1, help="GPUs per node")
+    job.add_argument("--nodes", type=int, default=1)
+    job.add_argument("--confirm", action="store_true", help="really submit (billed per node-hour)")
+    job.set_defaults(handler=_train_job)
+
+    launch = sub.add_parser("launch-command", help="print the `accelerate launch` command for local GPUs")
+    launch.add_argument("--config", required=True)
+    launch.add_argument("--gpus", type=int, required=True)
+    launch.set_defaults(handler=_launch)
+
+
+def _config(path):
+    from ..config import TrainConfig
+
+    return TrainConfig.load(path)
+
+
+def _check(args) -> int:
+    from ..azure.prerequisites import run_checks
+
+    report = run_checks(model=args.model)
+    print(report)
+    return 0 if all(c.status != "fail" for c in report.checks) else 1
+
+
+def _register(args) -> int:
+    from ..azure.prerequisites import register_provider
+
+    print(register_provider(confirm=args.confirm))
+    return 0
+
+
+def _submit(args) -> int:
+    from ..azure.finetuning import submit_finetuning
+
+    print(submit_finetuning(_config(args.config), confirm=args.confirm, model=args.model,
+                            price_per_1k_tokens=args.price))
+    return 0
+
+
+def _monitor(args) -> int:
+    from ..azure.monitor import monitor_job
+
+    monitor_job(args.job, timeout_s=args.timeout)
+    return 0
+
+
+def _metrics(args) -> int:
+    from ..azure.monitor import fetch_metrics
+
+    history = fetch_metrics(args.job)
+    print(f"{len(history.records)} records → {history.save(args.out)}")
+    return 0
+
+
+def _train_job(args) -> int:
+    from ..azure.scaleout import submit_training_job
+
+    print(submit_training_job(_config(args.config), args.compute, args.gpus, args.nodes, confirm=args.confirm))
+    return 0
+
+
+def _launch(args) -> int:
+    import shlex
+
+    from ..azure.scaleout import accelerate_command
+
+    _config(args.config)  # fail early, with the field named, on a bad config
+    print(shlex.join(accelerate_command(args.config, args.gpus)))
+    return 0
