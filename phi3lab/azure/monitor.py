@@ -73,6 +73,29 @@ def monitor_job(job_name: str, ml=None, *, timeout_s: float = 6 * 3600, backoff:
         attempt += 1
 
 
+def describe_monitoring(job_name: str, timeout_s: float = 6 * 3600, backoff: Backoff = Backoff()) -> str:
+    """What ``monitor_job`` would do for ``job_name``: the reads, the waits, the stopping rules."""
+    waits, total = [], 0.0
+    while total + backoff.delay(len(waits)) <= timeout_s and len(waits) < 200:
+        total += backoff.delay(len(waits))
+        waits.append(backoff.delay(len(waits)))
+    shown = ", ".join(f"{w:g}" for w in waits[:7])
+    return (f"monitor_job({job_name!r}) would:\n"
+            f"  read GET .../jobs/{job_name} (api-version 2024-10-01-preview) and print each new status\n"
+            f"  wait {shown}, ... seconds between reads (doubling, at most {backoff.ceiling:g} s): "
+            f"{len(waits) + 1} reads at most\n"
+            f"  stop on Completed; on Failed or Canceled raise with the service's error message\n"
+            f"  give up watching after {_clock(timeout_s)} (the job keeps running; call monitor_job again to resume)")
+
+
+def watch(submission, **kwargs) -> str | None:
+    """Monitor a real submission; for a dry run, describe what monitoring would do."""
+    if submission.dry_run:
+        print(describe_monitoring(submission.job_name))
+        return None
+    return monitor_job(submission.job_name, **kwargs)
+
+
 def status_text(status) -> str:
     """The service's status string (the SDK hands back a str enum such as JobStatus.COMPLETED)."""
     return str(getattr(status, "value", status))
