@@ -1,0 +1,184 @@
+"""Evaluation: metric definitions, perplexity equal to the plain per-conversation loss, comparison, errors."""
+
+import json
+import math
+
+import pytest
+import torch
+from evaluation_fixtures import make_tiny_phi3, write_chat
+
+from phi3lab import evaluation
+from phi3lab.data import read_conversations
+from phi3lab.errors import Phi3LabError
+from phi3lab.training import TrainingError, load_trained, tokenize_conversation
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = make_tiny_phi3(tmp_path_factory.mktemp("tiny-phi3"))
+    return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def conversations(tmp_path_factory):
+    path = write_chat(tmp_path_factory.mktemp("chat"), "validation", 7, multi_turn_every=3)
+    return list(read_conversations(path))
+
+
+def plain_metrics(model, tokenizer, conversations):
+    """The reference: one conversation at a time through the model's own loss, token-weighted,
+    and the share of assistant tokens that are the model's top next-token guess."""
+    total = count = correct = 0
+    for messages in conversations:
+        row = tokenize_conversation(tokenizer, messages, 2048)
+        labels = torch.tensor([row["labels"]])
+        scored = labels[:, 1:] != -100
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([row["input_ids"]]), labels=labels)
+        total += out.loss.item() * int(scored.sum())
+        correct += int((out.logits[:, :-1].argmax(-1) == labels[:, 1:])[scored].sum())
+        count += int(scored.sum())
+    return total / count, correct / count, count
+
+
+# ----- metric definitions ----------------------------------------------------------------------------
+@pytest.mark.parametrize("prediction, reference, expected", [
+    ("Restart the console.", "restart the console", 1.0),            # case, punctuation, articles ignored
+    ("restart your console", "restart the console now", 2 * (2 / 3 * 2 / 3) / (4 / 3)),
+    ("unplug it", "restart the console", 0.0),
+    ("", "", 1.0),
+    ("", "restart", 0.0),
+])
+def test_token_f1_is_the_squad_definition(prediction, reference, expected):
+    assert evaluation.token_f1(prediction, reference) == pytest.approx(expected)
+
+
+def test_rouge_l_rewards_words_in_order():
+    reference = "hold the power button for ten seconds"
+    assert evaluation.rouge_l(reference, reference) == pytest.approx(1.0)
+    assert evaluation.rouge_l("seconds ten for button power the hold", reference) < 0.3
+    assert evaluation.rouge_l("press the power button for a few seconds", reference) > 0.5
+    assert evaluation.rouge_l("contact support", reference) == 0.0
+
+
+# ----- perplexity and token accuracy ---------------------------------------------------------------------
+@pytest.mark.parametrize("share_prefix, batch_size", [(True, 3), (False, 3), (True, 1)])
+def test_batched_perplexity_equals_the_plain_per_conversation_loss(tiny, conversations, share_prefix, batch_size):
+    model, tokenizer = tiny
+    expected, accuracy, count = plain_metrics(model, tokenizer, conversations)
+    metrics = evaluation.language_metrics(model, tokenizer, conversations, batch_size=batch_size,
+                                          share_prefix=share_prefix)
+    assert metrics.tokens == count and metrics.conversations == 7
+    assert metrics.loss == pytest.approx(expected, rel=1e-5)
+    assert metrics.perplexity == pytest.approx(math.exp(expected), rel=1e-5)
+    assert metrics.token_accuracy == pytest.approx(accuracy)
+
+
+def test_only_assistant_tokens_are_scored(tiny, conversations):
+    model, tokenizer = tiny
+    rows = [tokenize_conversation(tokenizer, c, 2048) for c in conversations]
+    assistant_tokens = sum(sum(1 for label in r["labels"] if label != -100) for r in rows)
+    assert evaluation.language_metrics(model, tokenizer, conversations).tokens == assistant_tokens
+
+
+def test_shared_system_prompt_is_found_and_stops_before_labels(tiny, conversations):
+    _, tokenizer = tiny
+    rows = [tokenize_conversation(tokenizer, c, 2048) for c in conversations]
+    prefix = evaluation._shared_prefix(rows)
+    system_tokens = len(tokenizer(tokenizer.apply_chat_template(conversations[0][:1], tokenize=False))["input_ids"])
+    assert system_tokens <= prefix + 1 < min(r["labels"].index(next(x for x in r["labels"] if x != -100)) for r in rows)
+
+
+# ----- comparison -------------------------------------------------------------------------------------------
+def test_compare_uses_the_base_weights_by_switching_the_adapter_off(tiny, conversations):
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = tiny
+    plain = evaluation.language_metrics(model, tokenizer, conversations[:3])
+    tuned = get_peft_model(model, LoraConfig(r=4, target_modules=["qkv_proj", "o_proj"], init_lora_weights=False))
+    try:
+        result = evaluation.compare(tuned, tokenizer, conversations[:3], max_new_tokens=3)
+    finally:
+        tuned.unload()
+    assert result.base.language.loss == pytest.approx(plain.loss, rel=1e-6)
+    assert result.tuned.language.loss != pytest.approx(plain.loss, rel=1e-3)
+    assert [row[0] for row in result.rows()] == ["perplexity", "next-token accuracy", "token F1", "ROUGE-L"]
+    assert "perplexity" not in result.bar_scores()["base"]
+    assert "<table>" in result._repr_html_() and "fine-tuned" in result.table()
+    examples = result.examples(2)
+    assert len(examples.items) == 2
+    assert examples.items[0]["prompt"] == "It still fails."  # the last user turn of a multi-turn conversation
+    assert examples.items[1]["prompt"] == conversations[1][1]["content"]
+    assert set(json.loads(json.dumps(result.to_dict()))) == {"base", "fine-tuned"}
+
+
+def test_compare_without_a_base_model_says_how_to_get_one(tiny, conversations):
+    model, tokenizer = tiny
+    with pytest.raises(evaluation.EvaluationError, match="needs the base model"):
+        evaluation.compare(model, tokenizer, conversations[:1], max_new_tokens=2)
+
+
+# ----- bad input ---------------------------------------------------------------------------------------------
+def test_empty_validation_set_is_a_clear_error(tmp_path):
+    (tmp_path / "validation.jsonl").write_text("\n")
+    with pytest.raises(evaluation.EvaluationError, match="has no conversations"):
+        evaluation.load_validation(tmp_path / "validation.jsonl")
+
+
+def test_missing_validation_file_is_a_clear_error(tmp_path):
+    with pytest.raises(Phi3LabError, match="does not exist"):
+        evaluation.load_validation(tmp_path / "nope.jsonl")
+
+
+def test_conversations_without_assistant_text_in_range_are_refused(tiny):
+    model, tokenizer = tiny
+    long_user = [{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "ok"}]
+    with pytest.raises(evaluation.EvaluationError, match="raise max_length"):
+        evaluation.language_metrics(model, tokenizer, [long_user], max_length=64)
+
+
+def test_ci_profile_limits_the_validation_set(monkeypatch):
+    monkeypatch.setenv("PHI3LAB_PROFILE", "ci")
+    assert len(evaluation.load_validation()) == evaluation.CI_LIMIT
+
+
+def test_adapter_trained_on_another_base_model_is_refused(tmp_path, tiny):
+    from peft import LoraConfig, get_peft_model
+
+    from phi3lab.config import TrainConfig
+
+    model, tokenizer = tiny  # hidden size 32, the stand-in has 576
+    folder = tmp_path / "adapter"
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["qkv_proj"]))
+    peft_model.save_pretrained(folder)
+    peft_model.unload()
+    tokenizer.save_pretrained(folder)
+    TrainConfig(model="phi3-tiny-offline").save(folder / "config.yaml")
+    with pytest.raises(TrainingError, match="does not fit"):
+        load_trained(folder)
+
+
+def test_existing_adapter_is_used_without_training(tmp_path, capsys):
+    folder = tmp_path / "lora" / "adapter"
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    assert evaluation.adapter_for_evaluation(folder) == folder
+    assert "Using the adapter trained in notebook 02" in capsys.readouterr().out
+
+
+def test_missing_adapter_trains_a_short_one_and_says_so(tmp_path, capsys, monkeypatch):
+    import phi3lab.training as training
+
+    seen = {}
+
+    def fake_train(config, progress=True):  # the real training is covered by tests/test_training.py
+        seen["config"] = config
+        return training.TrainResult(output_dir=tmp_path, adapter_dir=tmp_path / "adapter", history=None)
+
+    monkeypatch.setattr(training, "train", fake_train)
+    result = evaluation.adapter_for_evaluation(tmp_path / "lora" / "adapter")
+    assert result == tmp_path / "adapter"
+    assert seen["config"].output_dir == str(tmp_path / "lora") and seen["config"].max_steps > 0
+    assert "training a short one now" in capsys.readouterr().out
