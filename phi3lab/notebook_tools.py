@@ -21,17 +21,24 @@ def keeps_output(cell) -> bool:
 
 
 def strip_notebook(nb):
-    """Drop execution counts and every output not marked to be kept, in place."""
+    """Drop execution counts and every output not marked to be kept, in place.
+
+    A marked cell keeps its outputs and gets a fixed execution count (its position among the code
+    cells, so refreshing never changes the diff): nbval rejects a cell that has outputs but no
+    count ("Unrun reference cell has outputs").
+    """
+    code_number = 0
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
-        cell.execution_count = None
-        if not keeps_output(cell):
+        code_number += 1
+        kept = keeps_output(cell) and bool(cell.outputs)
+        cell.execution_count = code_number if kept else None
+        if not kept:
             cell.outputs = []
-        else:
-            for out in cell.outputs:
-                if "execution_count" in out:
-                    out["execution_count"] = None
+        for out in cell.outputs:
+            if "execution_count" in out:
+                out["execution_count"] = code_number
         cell.metadata.pop("execution", None)
     nb.metadata.pop("widgets", None)
     return nb
