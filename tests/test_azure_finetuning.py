@@ -273,3 +273,21 @@ def test_metrics_conversion_drops_duplicate_steps():
 def test_build_job_leaves_validation_out_when_none(config):
     job = build_job(config, "azureml:t:1", None, "azureml://registries/azureml/models/m/versions/1", "n")
     assert job.validation_data is None
+
+
+def test_resubmitting_the_same_job_returns_the_existing_one(config, blob_transport):
+    fake = FakeAzure(job_statuses=("Running",))
+    blob_transport["transport"] = fake.transport
+    kwargs = {"credential": fake.credential, "transport": fake.transport}
+    first = submit_finetuning(config, SETTINGS, confirm=True, **kwargs)
+    again = submit_finetuning(config, SETTINGS, confirm=True, **kwargs)
+    assert again.job_name == first.job_name and again.status == "Running"
+    assert len(fake.transport.matching("PUT", r"/jobs/")) == 1
+
+
+def test_dry_run_with_settings_sends_nothing_to_azure(config):
+    fake = FakeAzure()
+    submission = submit_finetuning(config, SETTINGS, credential=fake.credential, transport=fake.transport)
+    assert submission.dry_run and fake.transport.requests == []
+    assert "/workspaces/proj-phi3lab/jobs/" in submission.job_request.url
+    assert SUBSCRIPTION not in submission.summary() and "1111…" in submission.summary()

@@ -209,6 +209,9 @@ def submit_finetuning(config: TrainConfig | None = None, settings: AzureSettings
     registry = registry_client(credential=credential, transport=transport)
     with azure_errors(f"looking up {azure_model} in the {REGISTRY} registry"):
         model_id = registry.models.get(azure_model, label="latest").id
+    existing = _existing_job(ml, job_name)
+    if existing is not None:  # same data, model and hyperparameters: never pay twice for one job
+        return Submission(False, job_name, model_id, assets, cost=cost, status=status_text(existing.status))
     references = [ensure_data_asset(ml, asset) for asset in assets]
     job = build_job(config, references[0], references[1] if len(references) > 1 else None, model_id, job_name)
     with azure_errors(f"submitting fine-tuning job {job_name}"):
@@ -245,9 +248,19 @@ def _accept_job(request: RecordedRequest, match) -> Reply:
     return Reply(201, body)
 
 
+def _existing_job(ml, job_name: str):
+    from azure.core.exceptions import ResourceNotFoundError
+
+    with azure_errors(f"looking for an earlier job {job_name}"):
+        try:
+            return ml.jobs.get(job_name)
+        except ResourceNotFoundError:
+            return None
+
+
 def _job_name(assets: list[DataAsset], config: TrainConfig, azure_model: str) -> str:
-    # Deterministic: the same data, model and hyperparameters give the same name, so a re-run
-    # cell finds the existing job (PUT of an existing job name is refused, never duplicated).
+    # Deterministic: the same data, model and hyperparameters give the same name, so re-running
+    # the cell finds the existing job instead of submitting (and paying for) it again.
     key = "|".join([azure_model, *(a.version for a in assets), *hyperparameters(config).values()])
     return f"phi3lab-ft-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
