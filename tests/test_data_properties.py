@@ -44,3 +44,11 @@ def test_clean_output_always_validates_and_input_is_unchanged(tmp_path, data, pr
     assert not any(f.code in ("duplicate", "blank_line", "unknown_key", "bom", "crlf") for f in after.warnings)
     assert report.n_read == validate(src).n_lines
     assert report.n_kept + report.n_dropped == report.n_read
+
+
+@SETTINGS
+@given(record=records | json_values, raw=st.sampled_from([b"", b"\\ud800"]))
+def test_fast_path_agrees_with_the_detailed_checks(record, raw):
+    from phi3lab.data.records import _detailed_checks, check_record
+
+    assert check_record(record, 1, raw) == _detailed_checks(record, 1, raw)

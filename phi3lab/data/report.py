@@ -139,6 +139,6 @@ SEVERITY = {
     "missing_messages": "error", "messages_not_list": "error", "empty_messages": "error",
     "message_not_object": "error", "unknown_message_key": "error", "missing_role": "error",
     "missing_content": "error", "unknown_role": "error", "content_not_string": "error",
-    "bad_unicode": "error", "empty_content": "error", "no_assistant": "error", "system_not_first": "error",
+    "bad_unicode": "error", "name_not_string": "error", "empty_content": "error", "no_assistant": "error", "system_not_first": "error",
     "first_not_user": "error", "not_alternating": "error", "last_not_assistant": "error", "too_long": "error",
 }

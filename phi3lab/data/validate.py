@@ -11,7 +11,7 @@ from .report import CLEAN_HINT, DataError, Finding, TokenStats, ValidationReport
 from .tokens import TokenCounter, resolve_tokenizer, tokenizer_name
 
 
-@dataclass
+@dataclass(slots=True)
 class Scanned:
     raw: RawLine
     record: object | None  # the parsed (and possibly fixed) line; None when unreadable or blank
@@ -25,7 +25,7 @@ class Scanned:
 
 def scan(path: str | os.PathLike, fix: Callable[[object], list[str]] | None = None) -> Iterator[Scanned]:
     """Read, parse, optionally fix, and check each line; flags repeats of earlier valid conversations."""
-    first_seen: dict[bytes, int] = {}
+    first_seen: dict[int, int] = {}
     for raw in iter_raw_lines(path):
         item = Scanned(raw, None, line_findings(raw))
         if raw.data is not None and not raw.data.strip():
