@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from phi3lab.course import find_secrets, latest_run_dir, secret_findings
-from phi3lab.notebook_tools import keeps_output, strip_notebook
+from phi3lab.notebook_tools import CHECK_MARK, keeps_output, strip_notebook
 from phi3lab.paths import REPO_ROOT
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
@@ -76,6 +76,17 @@ def test_committed_notebook_is_clean(path):
     assert nbformat.writes(strip_notebook(read(path))) + "\n" == text, \
         f"{path.name} differs from its cleaned form; {CLEAN_FIX.format(path=path)}"
     assert len(text.encode()) <= MAX_NOTEBOOK_BYTES, f"{path.name} is {len(text.encode())} bytes; strip stray outputs"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids(NOTEBOOKS))
+def test_nbval_checks_outputs_and_skips_nothing(path):
+    """CI runs every cell; each notebook pins at least one deterministic output (counts, reports, summaries)."""
+    code = [cell for cell in read(path).cells if cell.cell_type == "code"]
+    skipped = [n for n, cell in enumerate(code, start=1)
+               if "NBVAL_SKIP" in cell.source or "nbval-skip" in cell.metadata.get("tags", [])]
+    assert not skipped, f"{path.name}: code cells {skipped} are skipped under nbval; make them run under the CI profile"
+    assert any(cell.source.lstrip().startswith(CHECK_MARK) for cell in code), \
+        f"{path.name}: mark at least one deterministic output with '{CHECK_MARK}' (a count, a report, a summary)"
 
 
 # ----- the teaching shape ----------------------------------------------------------------------
