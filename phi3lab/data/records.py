@@ -97,7 +97,7 @@ def check_record(record, line: int, raw: bytes = b"") -> list[Finding]:
         # unusual falls through to the detailed checks below, which name every problem.
         roles = tuple(m["role"] for m in messages)
         n = len(roles)
-        return [] if n % 2 and roles == ("system",) + ("user", "assistant") * (n // 2) else _check_order(list(roles), line)
+        return [] if n >= 3 and n % 2 and roles == ("system",) + ("user", "assistant") * (n // 2) else _check_order(list(roles), line)
     return _detailed_checks(record, line, raw)
 
 
