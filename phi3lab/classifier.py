@@ -61,9 +61,13 @@ class IntentSet:
 
 
 def load_intents(chat_path: str | Path, labels_path: str | Path) -> IntentSet:
-    """User texts and their intents; a labels file that does not match the chat file is a DataError."""
+    """User texts and their intents; a labels file that does not match the chat file is a DataError.
+
+    Relative paths start at the repository root, like the config's.
+    """
     from .data import load_labels, read_conversations
 
+    chat_path, labels_path = TrainConfig().resolve(str(chat_path)), TrainConfig().resolve(str(labels_path))
     labels = load_labels(chat_path, labels_path)
     texts = [intent_text(messages) for messages in read_conversations(chat_path)]
     if not texts:

@@ -341,3 +341,66 @@ def adapter_for_evaluation(adapter_dir: str | Path = DEFAULT_ADAPTER, preset: st
     print(f"No adapter at {Path(adapter_dir)} (notebook 02 not run yet): training a short one now "
           f"({preset!r} preset, {config.max_steps} steps). Its results will be modest; run notebook 02 for a real one.")
     return train(config, progress=False).adapter_dir
+
+
+def training_histories(adapter_dir: str | Path = DEFAULT_ADAPTER) -> dict:
+    """The local run's metrics history, plus the Azure job's when notebook 03 fetched one."""
+    from .history import MetricsHistory
+    from .paths import RUNS_DIR
+
+    folder = TrainConfig().resolve(str(adapter_dir))
+    histories = {"local": MetricsHistory.load(folder / "history.json")}
+    azure = RUNS_DIR / "azure" / "history.json"
+    if azure.is_file():
+        histories["Azure"] = MetricsHistory.load(azure)
+    else:
+        print("No Azure job metrics yet (notebook 03 saves them to runs/azure/history.json after a real job).")
+    return histories
+
+
+# ----- iterate: compare two settings ---------------------------------------------------------------
+@dataclass
+class Experiment:
+    """Short training runs that differ in one or two settings, scored on the validation loss."""
+
+    variants: dict[str, dict]
+    results: dict  # name -> phi3lab.training.TrainResult
+
+    def histories(self) -> dict:
+        return {name: result.history for name, result in self.results.items()}
+
+    def rows(self) -> list[tuple[str, str, int, float, float]]:
+        rows = []
+        for name, result in self.results.items():
+            changed = ", ".join(f"{k}={v}" for k, v in self.variants[name].items())
+            loss = result.history.last("validation")
+            rows.append((name, changed, result.summary.get("steps", 0), loss, math.exp(loss)))
+        return rows
+
+    def table(self) -> str:
+        lines = [f"{'run':<14}{'settings':<36}{'steps':>6}{'val loss':>10}{'perplexity':>12}"]
+        lines += [f"{n:<14}{c:<36}{s:>6}{loss:>10.3f}{ppl:>12.2f}" for n, c, s, loss, ppl in self.rows()]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def best(self) -> str:
+        return min(self.rows(), key=lambda row: row[3])[0]
+
+
+def run_experiment(variants: dict[str, dict], preset: str = "quick look",
+                   root: str = "runs/experiments") -> Experiment:
+    """Train one short run per variant (``{name: {setting: value}}``, changes to the preset) and
+    collect their validation losses. Each run starts fresh in ``root/<name>``."""
+    from .training import train
+
+    results = {}
+    for name, changes in variants.items():
+        folder = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
+        # one validation pass at the end is enough to compare runs (train() always ends with one)
+        config = default_config(preset, output_dir=f"{root}/{folder}", **changes)
+        config = config.update(eval_steps=max(config.eval_steps, config.max_steps if config.max_steps > 0 else 1))
+        print(f"training {name!r} ({', '.join(f'{k}={v}' for k, v in changes.items())}) ...")
+        results[name] = train(config, resume=False, progress=False)
+    return Experiment(variants, results)
