@@ -18,6 +18,28 @@ from .monitoring import CallLog, default_log, percentile
 
 Prompt = str | list[dict]
 
+# Sizes: a real workshop run, and the CI profile (PHI3LAB_PROFILE=ci) that keeps notebooks fast on 2 CPU cores.
+FULL = {"max_tokens": 64, "concurrency": 8, "requests": 50, "load_max_tokens": 32}
+CI = {"max_tokens": 16, "concurrency": 4, "requests": 8, "load_max_tokens": 8}
+
+
+def sizes() -> dict:
+    from .config import is_ci_profile
+
+    return CI if is_ci_profile() else FULL
+
+
+def sample_conversations(n: int = 4, path: str | None = None) -> list[list[dict]]:
+    """The first ``n`` conversations of the course's validation set (system, user, reference answer)."""
+    from itertools import islice
+
+    from .config import default_config
+    from .data import read_conversations
+
+    config = default_config()
+    source = path or config.resolve(config.validation_file or config.train_file)
+    return list(islice(read_conversations(source), n))
+
 
 class EndpointError(Phi3LabError):
     """An endpoint could not be reached or described."""
@@ -34,6 +56,7 @@ class CallResult:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     error: str | None = None
+    reference: str | None = None  # the dataset's answer, when the prompt came with one
 
     @property
     def ok(self) -> bool:
@@ -183,9 +206,11 @@ class QueryReport:
         """One row per prompt: response, latency, tokens, status (a pandas DataFrame)."""
         import pandas as pd
 
-        return pd.DataFrame([{"prompt": r.prompt, "response": r.response if r.ok else f"[{r.status}] {r.error}",
-                              "latency_s": _round(r.latency_s), "prompt_tokens": r.prompt_tokens,
-                              "completion_tokens": r.completion_tokens} for r in self.results])
+        rows = [{"prompt": r.prompt, "response": r.response if r.ok else f"[{r.status}] {r.error}",
+                 **({"reference": r.reference} if any(x.reference for x in self.results) else {}),
+                 "latency_s": _round(r.latency_s), "prompt_tokens": r.prompt_tokens,
+                 "completion_tokens": r.completion_tokens} for r in self.results]
+        return pd.DataFrame(rows)
 
     def __str__(self) -> str:
         s = self.summary()
@@ -198,14 +223,26 @@ def _round(value: float | None, digits: int = 3) -> float | None:
 
 
 # ----- the one client ---------------------------------------------------------------------------
-def query_endpoint(endpoint: Endpoint, prompts: list[Prompt], system: str | None = None, max_tokens: int = 64,
-                   temperature: float = 0.0, log: CallLog | None | bool = True) -> QueryReport:
-    """Send each prompt once, in order, and report responses, latency and tokens (logged unless ``log=False``)."""
+def _reference(prompt: Prompt) -> str | None:
+    return prompt[-1]["content"] if isinstance(prompt, list) and prompt and prompt[-1].get("role") == "assistant" \
+        else None
+
+
+def query_endpoint(endpoint: Endpoint, prompts: list[Prompt], system: str | None = None,
+                   max_tokens: int | None = None, temperature: float = 0.0,
+                   log: CallLog | None | bool = True) -> QueryReport:
+    """Send each prompt once, in order, and report responses, latency and tokens (logged unless ``log=False``).
+
+    A prompt is a user message or a conversation; a conversation's final assistant turn is kept
+    aside as the reference answer. ``max_tokens`` defaults to 64 (16 under the CI profile).
+    """
     calls = _logger(log)
+    max_tokens = max_tokens or sizes()["max_tokens"]
     with endpoint.client() as client:
         results = []
         for prompt in prompts:
             result = endpoint.send(client, as_messages(prompt, system), max_tokens, temperature)
+            result.reference = _reference(prompt)
             calls.record(endpoint, result)
             results.append(result)
     return QueryReport(endpoint.name, results)
@@ -250,10 +287,16 @@ class LoadReport:
                 f"p95 {s['p95_s']} s, errors {s['errors']}")
 
 
-def load_test(endpoint: Endpoint, prompts: list[Prompt], concurrency: int = 8, requests: int = 50,
-              max_tokens: int = 32, temperature: float = 0.0, system: str | None = None,
+def load_test(endpoint: Endpoint, prompts: list[Prompt], concurrency: int | None = None, requests: int | None = None,
+              max_tokens: int | None = None, temperature: float = 0.0, system: str | None = None,
               log: CallLog | None | bool = True) -> LoadReport:
-    """``requests`` calls with at most ``concurrency`` in flight, cycling through ``prompts``."""
+    """``requests`` calls with at most ``concurrency`` in flight, cycling through ``prompts``.
+
+    Defaults: 8 in flight, 50 requests, 32 tokens each (CI profile: 4, 8 and 8).
+    """
+    size = sizes()
+    concurrency, requests = concurrency or size["concurrency"], requests or size["requests"]
+    max_tokens = max_tokens or size["load_max_tokens"]
     if concurrency < 1 or requests < 1:
         raise EndpointError(f"concurrency and requests must be at least 1 (got {concurrency}, {requests})")
     if not prompts:

@@ -57,7 +57,8 @@ class CleanupReport:
 
     def summary(self) -> str:
         if self.dry_run:
-            head = "DRY RUN: nothing was changed. Run cleanup_azure(confirm=True) to act on the list below."
+            head = "DRY RUN: nothing was changed." + (
+                " Run cleanup_azure(confirm=True) to act on the list below." if self.resources else "")
         else:
             head = "Cleanup done."
         lines = [head]
