@@ -182,3 +182,44 @@ def test_missing_adapter_trains_a_short_one_and_says_so(tmp_path, capsys, monkey
     assert result == tmp_path / "adapter"
     assert seen["config"].output_dir == str(tmp_path / "lora") and seen["config"].max_steps > 0
     assert "training a short one now" in capsys.readouterr().out
+
+
+# ----- curves and experiments --------------------------------------------------------------------------------
+def history_with(final_validation: float):
+    from phi3lab.history import MetricsHistory
+
+    history = MetricsHistory(run="x")
+    history.add(1, "train", 3.0)
+    history.add(4, "train", 2.0)
+    history.add(4, "validation", final_validation)
+    return history
+
+
+def test_training_histories_add_the_azure_job_when_notebook_03_saved_one(tmp_path, monkeypatch, capsys):
+    import phi3lab.paths as paths
+
+    adapter = tmp_path / "lora" / "adapter"
+    adapter.mkdir(parents=True)
+    history_with(2.5).save(adapter / "history.json")
+    monkeypatch.setattr(paths, "RUNS_DIR", tmp_path / "runs")
+    assert list(evaluation.training_histories(adapter)) == ["local"]
+    assert "No Azure job metrics yet" in capsys.readouterr().out
+
+    azure = history_with(2.2)
+    azure.source = "azure"
+    azure.save(tmp_path / "runs" / "azure" / "history.json")
+    histories = evaluation.training_histories(adapter)
+    assert list(histories) == ["local", "Azure"] and histories["Azure"].source == "azure"
+
+
+def test_experiment_table_ranks_runs_by_validation_loss():
+    from phi3lab.training import TrainResult
+
+    results = {name: TrainResult(output_dir=None, adapter_dir=None, history=history_with(loss), summary={"steps": 4})
+               for name, loss in (("lr 5e-5", 2.9), ("lr 5e-4", 2.1))}
+    experiment = evaluation.Experiment({"lr 5e-5": {"learning_rate": 5e-5}, "lr 5e-4": {"learning_rate": 5e-4}},
+                                       results)
+    assert experiment.best() == "lr 5e-4"
+    lines = experiment.table().splitlines()
+    assert "learning_rate=0.0005" in lines[2] and f"{math.exp(2.1):.2f}" in lines[2]
+    assert set(experiment.histories()) == {"lr 5e-5", "lr 5e-4"}
