@@ -288,7 +288,7 @@ def peak_memory() -> tuple[int, str]:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process peak RSS"
 
 
-def _trainer_class():
+def metered_trainer_class():
     from transformers import Trainer, TrainerCallback
 
     class MeteredTrainer(Trainer):
@@ -372,20 +372,32 @@ _RUN_FIELDS = ("model", "train_file", "validation_file", "learning_rate", "epoch
                "target_modules", "packing")
 
 
-def resume_point(config: TrainConfig, output_dir: Path, resume: bool) -> Path | None:
-    """The last complete checkpoint to continue from, or None to start fresh (old ones removed)."""
+def changed_fields(config: TrainConfig, saved_config: Path) -> list[str]:
+    saved = TrainConfig.load(saved_config)
+    return [f for f in _RUN_FIELDS if getattr(saved, f) != getattr(config, f)]
+
+
+def resume_point(config: TrainConfig, output_dir: Path, resume: bool, notices: list[str] | None = None) -> Path | None:
+    """The last complete checkpoint of this same run, or None to start fresh (old checkpoints removed)."""
     checkpoints = complete_checkpoints(output_dir)
-    if not resume or not checkpoints:
+    changed = changed_fields(config, checkpoints[-1] / CONFIG_NAME) if checkpoints else []
+    if changed and resume:
+        notice(f"the checkpoints in {output_dir} are from a run with other {', '.join(changed)}; starting a new run",
+               notices)
+    if not resume or not checkpoints or changed:
         for path in output_dir.glob("checkpoint-*"):
             shutil.rmtree(path, ignore_errors=True)
         return None
-    last = checkpoints[-1]
-    saved = TrainConfig.load(last / CONFIG_NAME)
-    changed = [f for f in _RUN_FIELDS if getattr(saved, f) != getattr(config, f)]
-    if changed:
-        raise TrainingError(f"{output_dir} holds checkpoints of a run with different {', '.join(changed)}. Fix: set "
-                            f"another output_dir, or call train(config, resume=False) to start over there.")
-    return last
+    return checkpoints[-1]
+
+
+def finished_run(config: TrainConfig, output_dir: Path) -> TrainResult | None:
+    """The saved result when this very run already finished in ``output_dir`` (the adapter is written last)."""
+    adapter_dir = output_dir / "adapter"
+    if not (adapter_dir / SUMMARY_NAME).is_file() or changed_fields(config, adapter_dir / CONFIG_NAME):
+        return None
+    history = MetricsHistory.load(adapter_dir / HISTORY_NAME)
+    return TrainResult(output_dir=output_dir, adapter_dir=adapter_dir, history=history, summary=read_summary(adapter_dir))
 
 
 # ----- the model ----------------------------------------------------------------------------------
@@ -407,7 +419,9 @@ def add_lora(config: TrainConfig, model):
     return get_peft_model(model, lora_config(config))
 
 
-def training_arguments(config: TrainConfig, staging_dir: Path, speed: dict, bf16: bool, progress: bool = True):
+def training_arguments(config: TrainConfig, staging_dir: Path, speed: dict, bf16: bool, progress: bool = True,
+                       bookkeeping: bool = True):
+    """Trainer arguments for our path. ``bookkeeping=False`` (benchmarks) turns off evaluation and saving."""
     import torch
     from transformers import TrainingArguments
 
@@ -425,9 +439,9 @@ def training_arguments(config: TrainConfig, staging_dir: Path, speed: dict, bf16
         seed=config.seed,
         data_seed=config.seed,
         bf16=bf16,
-        eval_strategy="steps",  # there is always a validation set (a file or an automatic split)
+        eval_strategy="steps" if bookkeeping else "no",  # there is always a validation set (file or split)
         eval_steps=config.eval_steps,
-        save_strategy="steps",
+        save_strategy="steps" if bookkeeping else "no",
         save_steps=config.save_steps,
         logging_steps=config.logging_steps,
         logging_first_step=True,
@@ -447,14 +461,14 @@ def training_arguments(config: TrainConfig, staging_dir: Path, speed: dict, bf16
 
 
 def build_trainer(config: TrainConfig, model, tokenizer, train_set, eval_set, staging_dir: Path, speed: dict,
-                  callbacks=(), progress: bool = True, meter: ThroughputMeter | None = None):
+                  callbacks=(), progress: bool = True, meter: ThroughputMeter | None = None, bookkeeping: bool = True):
     """The Trainer our path uses (shared by ``train`` and the benchmark)."""
     import torch
 
     bf16 = next(model.parameters()).dtype == torch.bfloat16
-    return _trainer_class()(
+    return metered_trainer_class()(
         model=model,
-        args=training_arguments(config, staging_dir, speed, bf16, progress),
+        args=training_arguments(config, staging_dir, speed, bf16, progress, bookkeeping),
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
@@ -486,7 +500,13 @@ def train(config: TrainConfig, callbacks=None, resume: bool = True, progress: bo
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = output_dir / STAGING
     shutil.rmtree(staging, ignore_errors=True)  # leftovers of an interrupted save are never trusted
-    start_from = resume_point(config, output_dir, resume)
+    done = finished_run(config, output_dir) if resume else None
+    if done is not None:
+        notice(f"this run already finished in {output_dir}; showing its saved result (train(config, resume=False) "
+               f"trains again)")
+        _share_history(callbacks, done.history, finished=True)
+        return done
+    start_from = resume_point(config, output_dir, resume, notices)
 
     tokenizer = load_tokenizer(config.model)
     tokenizer.padding_side = "right"  # left padding in training is a known cause of zero/NaN loss
@@ -500,9 +520,7 @@ def train(config: TrainConfig, callbacks=None, resume: bool = True, progress: bo
         saved = MetricsHistory.load(start_from / HISTORY_NAME)
         history.records = saved.records
     publisher = _checkpoint_callback_class()(config, output_dir, history)
-    for callback in callbacks or []:  # e.g. the live loss plot: it shows the run's own (resumed) history
-        if isinstance(getattr(callback, "history", None), MetricsHistory):
-            callback.history = history
+    _share_history(callbacks, history)
     trainer = build_trainer(config, model, tokenizer, train_set, eval_set, staging, speed,
                             [publisher, *(callbacks or [])], progress)
     if device == "cuda":
@@ -536,6 +554,15 @@ def train(config: TrainConfig, callbacks=None, resume: bool = True, progress: bo
         history.save(tmp / HISTORY_NAME)
         atomic_write_json(tmp / SUMMARY_NAME, summary)
     return TrainResult(output_dir=output_dir, adapter_dir=adapter_dir, history=history, summary=summary)
+
+
+def _share_history(callbacks, history: MetricsHistory, finished: bool = False) -> None:
+    """Callbacks with a ``history`` (the live loss plot) get the run's own, so a resumed run is shown whole."""
+    for callback in callbacks or []:
+        if isinstance(getattr(callback, "history", None), MetricsHistory):
+            callback.history = history
+            if finished:
+                callback.on_train_end(None, None, None)
 
 
 def describe_summary(summary: dict) -> str:

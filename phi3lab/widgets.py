@@ -307,6 +307,9 @@ def live_loss_plot(title: str | None = None):
         def on_train_begin(self, args, state, control, **kwargs):
             self._draw()
 
+        def on_train_end(self, args, state, control, **kwargs):
+            self._draw()
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if {"loss", "eval_loss"} & set(logs or {}):
                 self._draw()
