@@ -93,8 +93,8 @@ def build_model(args, device: str, attn: str):
         return load_model(OFFLINE_MODEL, device=device, dtype=dtype, attn_implementation=attn)
     from transformers import Phi3Config, Phi3ForCausalLM
 
-    config = Phi3Config(**PHI3_MINI, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
-    config._attn_implementation = attn
+    config = Phi3Config(**PHI3_MINI, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                        attn_implementation=attn)
     torch.manual_seed(0)
     with torch.device(device):
         model = Phi3ForCausalLM(config).to(dtype)  # random weights: speed does not depend on their values

@@ -222,3 +222,17 @@ def test_adapter_of_another_base_model_gives_a_clear_error(tmp_path):
 def test_missing_adapter_folder_is_a_clear_error(tmp_path):
     with pytest.raises(TrainingError, match="not a trained adapter folder"):
         load_trained(tmp_path / "nothing")
+
+
+def test_non_pad_lengths_of_padded_and_flattened_batches(tokenizer):
+    from phi3lab.training import make_collator, sequence_lengths
+
+    rows = [tokenize_conversation(tokenizer, c, 512) for c in (CONVERSATION, CONVERSATION[:3])]
+    features = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]
+    real = [len(r["input_ids"]) for r in rows]
+    padded = make_collator(tokenizer, packing=False, attn_implementation="sdpa")(features)
+    flat = make_collator(tokenizer, packing=True, attn_implementation="sdpa")(features)
+    assert padded["input_ids"].shape == (2, max(real)) and flat["input_ids"].shape == (1, sum(real))
+    assert sequence_lengths(padded) == sequence_lengths(flat) == real
+    # padding-free: the second conversation's first label is masked, so nothing is predicted across the seam
+    assert flat["labels"][0, real[0]].item() == IGNORE_INDEX
