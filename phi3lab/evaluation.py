@@ -26,6 +26,7 @@ from .errors import Phi3LabError
 
 DEFAULT_VALIDATION = "data/validation.jsonl"
 DEFAULT_ADAPTER = "runs/lora/adapter"
+FALLBACK_RUN = "runs/lora-short"  # where notebook 04 trains its own short adapter when 02 has not run
 CI_LIMIT = 12  # validation conversations scored under the CI profile
 CI_NEW_TOKENS = 24
 
@@ -329,16 +330,25 @@ def compare(model, tokenizer, conversations: list[list[dict]], base=None, max_ne
 
 
 # ----- the adapter notebook 04 evaluates ------------------------------------------------------------
-def adapter_for_evaluation(adapter_dir: str | Path = DEFAULT_ADAPTER, preset: str = "quick look") -> Path:
-    """The adapter trained in notebook 02; if there is none, train a short one now and say so."""
+def adapter_for_evaluation(adapter_dir: str | Path = DEFAULT_ADAPTER, preset: str = "quick look",
+                           fallback_dir: str = FALLBACK_RUN) -> Path:
+    """The adapter trained in notebook 02; if there is none, a short one trained now (and said so).
+
+    The short run goes to its own folder, so a notebook-02 run in progress (checkpoints, no adapter
+    yet) is never touched; it is reused the next time.
+    """
     from .training import train
 
     folder = TrainConfig().resolve(str(adapter_dir))
     if (folder / "adapter_config.json").is_file():
         print(f"Using the adapter trained in notebook 02: {Path(adapter_dir)}")
         return folder
-    config = default_config(preset, output_dir=str(Path(adapter_dir).parent))
-    print(f"No adapter at {Path(adapter_dir)} (notebook 02 not run yet): training a short one now "
+    fallback = TrainConfig().resolve(fallback_dir) / "adapter"
+    if (fallback / "adapter_config.json").is_file():
+        print(f"No adapter at {Path(adapter_dir)}; using the short run trained earlier in {fallback_dir}/adapter.")
+        return fallback
+    config = default_config(preset, output_dir=fallback_dir)
+    print(f"No adapter at {Path(adapter_dir)} (notebook 02 not run yet): training a short one now in {fallback_dir} "
           f"({preset!r} preset, {config.max_steps} steps). Its results will be modest; run notebook 02 for a real one.")
     return train(config, progress=False).adapter_dir
 

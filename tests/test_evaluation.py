@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -168,20 +169,28 @@ def test_existing_adapter_is_used_without_training(tmp_path, capsys):
     assert "Using the adapter trained in notebook 02" in capsys.readouterr().out
 
 
-def test_missing_adapter_trains_a_short_one_and_says_so(tmp_path, capsys, monkeypatch):
+def test_missing_adapter_trains_a_short_one_elsewhere_and_says_so(tmp_path, capsys, monkeypatch):
     import phi3lab.training as training
 
-    seen = {}
+    seen = []
 
     def fake_train(config, progress=True):  # the real training is covered by tests/test_training.py
-        seen["config"] = config
-        return training.TrainResult(output_dir=tmp_path, adapter_dir=tmp_path / "adapter", history=None)
+        seen.append(config)
+        adapter = Path(config.output_dir) / "adapter"
+        adapter.mkdir(parents=True)
+        (adapter / "adapter_config.json").write_text("{}")
+        return training.TrainResult(output_dir=Path(config.output_dir), adapter_dir=adapter, history=None)
 
     monkeypatch.setattr(training, "train", fake_train)
-    result = evaluation.adapter_for_evaluation(tmp_path / "lora" / "adapter")
-    assert result == tmp_path / "adapter"
-    assert seen["config"].output_dir == str(tmp_path / "lora") and seen["config"].max_steps > 0
+    notebook_02 = tmp_path / "lora" / "adapter"
+    short = str(tmp_path / "lora-short")
+    assert evaluation.adapter_for_evaluation(notebook_02, fallback_dir=short) == Path(short) / "adapter"
+    assert seen[0].output_dir == short and seen[0].max_steps > 0
+    assert not (tmp_path / "lora").exists(), "notebook 02's folder must not be touched"
     assert "training a short one now" in capsys.readouterr().out
+    # the next time, the short run is reused instead of training again
+    assert evaluation.adapter_for_evaluation(notebook_02, fallback_dir=short) == Path(short) / "adapter"
+    assert len(seen) == 1 and "using the short run trained earlier" in capsys.readouterr().out
 
 
 # ----- curves and experiments --------------------------------------------------------------------------------
