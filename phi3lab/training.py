@@ -528,10 +528,10 @@ def train(config: TrainConfig, callbacks=None, resume: bool = True, progress: bo
     began = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
+        if history.last("validation") is None or max(history.series("validation")[0]) < trainer.state.global_step:
+            trainer.evaluate()  # the final validation loss, unless the last step was an evaluation step
     except torch.cuda.OutOfMemoryError as exc:
         raise _out_of_memory(exc) from None
-    if history.last("validation") is None or max(history.series("validation")[0]) < trainer.state.global_step:
-        trainer.evaluate()  # the final validation loss, unless the last step was an evaluation step
     wall = time.perf_counter() - began
     shutil.rmtree(staging, ignore_errors=True)
 
