@@ -10,6 +10,7 @@ def register(commands) -> None:
     source.add_argument("--adapter", default=None, help="LoRA adapter folder (default: runs/lora/adapter if present)")
     source.add_argument("--base", action="store_true", help="serve the base model even if an adapter exists")
     parser.add_argument("--merge", action="store_true", help="merge the adapter into the weights (faster answers)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for generation (default: half the cores)")
     parser.set_defaults(handler=run)
 
 
@@ -20,5 +21,5 @@ def run(args) -> int:
     port = args.port or free_port(args.host)
     print(f"serving {'adapter ' + str(adapter) if adapter else 'the base model'} at http://{args.host}:{port}/v1 "
           f"(health: /health). Ctrl+C stops it.", flush=True)
-    serve_forever(args.host, port, args.model, adapter, args.merge)
+    serve_forever(args.host, port, args.model, adapter, args.merge, threads=args.threads)
     return 0
