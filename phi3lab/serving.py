@@ -7,9 +7,9 @@ loads exactly what the course trained (``phi3lab.training.load_trained``), answe
 the course uses, and runs on uvicorn.
 
 Concurrency: one worker thread owns the model (PyTorch modules are not safe to call from several
-threads at once). Requests wait in a queue; each time the worker is free it takes *every* waiting
-request with the same sampling settings and generates them as one left-padded batch, so
-concurrent clients share a forward pass instead of queueing one by one.
+threads at once). Requests wait in a queue; each time the worker is free it takes the waiting requests with
+the same sampling settings (up to 8, gathering for at most 20 ms) and generates them as one
+left-padded batch, so concurrent clients share forward passes instead of queueing one by one.
 
 Run it in its own process (``LocalServer`` / ``start_local_server`` from a notebook, ``phi3lab
 serve`` from a shell). The child watches its parent and exits when the parent is gone, so a
@@ -118,8 +118,8 @@ class BatchingGenerator:
     batch keeps its own ``max_tokens``.
     """
 
-    def __init__(self, model, tokenizer, max_batch: int = 8):
-        self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
+    def __init__(self, model, tokenizer, max_batch: int = 8, batch_window_s: float = 0.02):
+        self.model, self.tokenizer, self.max_batch, self.batch_window_s = model, tokenizer, max_batch, batch_window_s
         self.context_length = getattr(model.config, "max_position_embeddings", 4096)
         self.stop_ids = stop_token_ids(model, tokenizer)
         self._queue: queue.Queue[_Job] = queue.Queue()
@@ -149,9 +149,12 @@ class BatchingGenerator:
         while True:  # a daemon thread: it ends with the process
             first = self._queue.get()
             batch, later = [first], []
-            while len(batch) < self.max_batch:  # take what is waiting now; never wait for more
+            # Clients whose previous answers just arrived resend within milliseconds; a short window
+            # lets them join this batch instead of waiting a whole generation for the next one.
+            deadline = time.monotonic() + self.batch_window_s
+            while len(batch) < self.max_batch:
                 try:
-                    job = self._queue.get_nowait()
+                    job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 (batch if job.sampling == first.sampling else later).append(job)

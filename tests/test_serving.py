@@ -161,3 +161,17 @@ def test_serves_the_trained_adapter():
         assert server.health()["adapter"] == str(default_adapter())
         report = query_endpoint(LocalEndpoint(server.url), PROMPTS[:1], max_tokens=6, log=False)
         assert report.errors == 0 and report.results[0].response
+
+
+def test_one_client_compares_the_local_and_an_azure_endpoint_side_by_side(server, tmp_path):
+    from test_azure_deployment import KEY, SCORING, FakeFoundry
+
+    from phi3lab.endpoints import AzureEndpoint, compare_endpoints
+
+    azure = AzureEndpoint(SCORING, KEY, name="azure", transport=FakeFoundry().transport)
+    table, reports = compare_endpoints([LocalEndpoint(server.url), azure], PROMPTS, max_tokens=4,
+                                       log=CallLog(tmp_path / "calls.jsonl"))
+    assert list(table.columns) == ["prompt", "local", "azure"] and list(table["prompt"]) == PROMPTS
+    assert table["azure"][0] == f"Answer to: {PROMPTS[0]}" and all(table["local"])
+    assert [r.errors for r in reports] == [0, 0]
+    assert {r["kind"] for r in read_log(tmp_path / "calls.jsonl")} == {"local", "azure"}
