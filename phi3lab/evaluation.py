@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import html
+import json
 import math
 import os
 import re
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from .config import TrainConfig, default_config, is_ci_profile
 from .errors import Phi3LabError
+from .io import atomic_write_text
 
 DEFAULT_VALIDATION = "data/validation.jsonl"
 DEFAULT_ADAPTER = "runs/lora/adapter"
@@ -405,11 +407,16 @@ def run_experiment(variants: dict[str, dict], preset: str = "quick look",
     collect their validation losses. Each run starts fresh in ``root/<name>``."""
     from .training import train
 
+    scoring = {}
+    if is_ci_profile():  # score on the same few conversations load_validation() gives under CI
+        subset = TrainConfig().resolve(root) / "validation-ci.jsonl"
+        atomic_write_text(subset, "".join(json.dumps({"messages": c}) + "\n" for c in load_validation()))
+        scoring = {"validation_file": str(subset)}
     results = {}
     for name, changes in variants.items():
         folder = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
         # one validation pass at the end is enough to compare runs (train() always ends with one)
-        config = default_config(preset, output_dir=f"{root}/{folder}", **changes)
+        config = default_config(preset, output_dir=f"{root}/{folder}", **{**scoring, **changes})
         config = config.update(eval_steps=max(config.eval_steps, config.max_steps if config.max_steps > 0 else 1))
         print(f"training {name!r} ({', '.join(f'{k}={v}' for k, v in changes.items())}) ...")
         results[name] = train(config, resume=False, progress=False)

@@ -232,3 +232,20 @@ def test_experiment_table_ranks_runs_by_validation_loss():
     lines = experiment.table().splitlines()
     assert "learning_rate=0.0005" in lines[2] and f"{math.exp(2.1):.2f}" in lines[2]
     assert set(experiment.histories()) == {"lr 5e-5", "lr 5e-4"}
+
+
+def test_experiment_trains_each_variant_and_scores_it_on_the_ci_subset(tmp_path, monkeypatch, tmp_path_factory):
+    from phi3lab import models
+
+    tiny_dir = make_tiny_phi3(tmp_path_factory.mktemp("tiny-exp"))
+    monkeypatch.setattr(models, "model_source", lambda name: str(tiny_dir))
+    monkeypatch.setenv("PHI3LAB_PROFILE", "ci")
+    experiment = evaluation.run_experiment({"slow": {"learning_rate": 1e-5}, "fast": {"learning_rate": 5e-3}},
+                                           root=str(tmp_path / "exp"))
+    assert set(experiment.results) == {"slow", "fast"} and experiment.best() in {"slow", "fast"}
+    for name, result in experiment.results.items():
+        assert result.summary["steps"] == 4
+        assert len(result.history.series("validation")[0]) == 1  # one scoring pass, at the end
+        assert (tmp_path / "exp" / name / "adapter" / "adapter_config.json").is_file()
+    subset = tmp_path / "exp" / "validation-ci.jsonl"
+    assert len(subset.read_text().splitlines()) == evaluation.CI_LIMIT
