@@ -11,15 +11,25 @@ import time
 import httpx
 import pytest
 
+from phi3lab import serving
 from phi3lab.endpoints import LocalEndpoint, load_test, query_endpoint
 from phi3lab.monitoring import CallLog, read_log
-from phi3lab.serving import SERVER_DIR, ChatRequest, LocalServer, ServerError, default_adapter
+from phi3lab.serving import ChatRequest, LocalServer, ServerError, default_adapter
 
 PROMPTS = ["What is the capital of France?", "Name a colour."]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def server_dir(tmp_path_factory):
+    """Server records and logs go to a temporary folder, not the learner's runs/."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("serving")
+        patch.setattr(serving, "SERVER_DIR", folder)
+        yield folder
+
+
 @pytest.fixture(scope="module")
-def server():
+def server(server_dir):
     with LocalServer(adapter=None) as running:
         yield running
     assert not running.running
@@ -52,7 +62,7 @@ def test_health_and_models(server):
     assert health["status"] == "ok" and health["model"] == "phi3-tiny-offline" and health["adapter"] is None
     models = httpx.get(f"{server.url}/v1/models").json()
     assert [m["id"] for m in models["data"]] == ["phi3-tiny-offline"]
-    assert (SERVER_DIR / f"server-{server.port}.json").is_file()
+    assert (serving.SERVER_DIR / f"server-{server.port}.json").is_file()
 
 
 def test_chat_completion_follows_the_openai_schema(server):
@@ -132,14 +142,15 @@ def test_stop_is_idempotent_and_leaves_no_process():
     pid = server.process.pid
     server.stop()
     server.stop()
-    assert _wait_gone(pid, 5) and not (SERVER_DIR / f"server-{server.port}.json").exists()
+    assert _wait_gone(pid, 5) and not (serving.SERVER_DIR / f"server-{server.port}.json").exists()
 
 
 def test_server_exits_when_its_parent_is_killed(tmp_path):
     # A kernel restart kills the kernel without running atexit; the server must notice and leave.
     script = ("import sys, time\nfrom phi3lab.serving import LocalServer\n"
               "s = LocalServer(adapter=None).start()\nprint(s.process.pid, flush=True)\ntime.sleep(600)\n")
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PHI3LAB_RUNS": str(tmp_path)})
     try:
         server_pid = int(parent.stdout.readline())
         assert _alive(server_pid)
