@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import Phi3LabError
-from .dryrun import RecordedRequest, RecordingTransport, Reply, show_requests
+from .dryrun import DryRunCredential, RecordedRequest, RecordingTransport, Reply, show_requests
 from .service import azure_errors
 from .settings import AzureSettings, load_settings, mask
 
@@ -172,7 +172,6 @@ def connect_endpoint(name: str = DEFAULT_ENDPOINT, settings: AzureSettings | Non
 
 def _dry_run(model: str, version, endpoint_name: str, settings: AzureSettings | None) -> Deployment:
     from azure.ai.ml.entities import ServerlessEndpoint
-    from azure.core.credentials import AccessToken
 
     from .auth import ml_client
     from .finetuning import PLACEHOLDER_SETTINGS
@@ -181,11 +180,7 @@ def _dry_run(model: str, version, endpoint_name: str, settings: AzureSettings | 
     region = settings.region or PLACEHOLDER_SETTINGS.region
     transport = RecordingTransport([("PUT", r"/serverlessEndpoints/[^/?]+\?", _accept_endpoint)])
 
-    class _NoCredential:  # nothing is sent, so nothing real is signed
-        def get_token(self, *scopes, **kwargs):
-            return AccessToken("dry-run", 2**31 - 1)
-
-    ml = ml_client(settings, credential=_NoCredential(), transport=transport)
+    ml = ml_client(settings, credential=DryRunCredential(), transport=transport)
     model_id = workspace_model_id(region, "<workspace-id>", model, version or "<latest>")
     endpoint = ServerlessEndpoint(name=endpoint_name, model_id=model_id, tags=dict(COURSE_TAGS))
     endpoint.location = region

@@ -19,6 +19,16 @@ from azure.core.pipeline.transport import HttpTransport
 
 from .settings import mask_secrets
 
+
+class DryRunCredential:
+    """Signs dry-run requests with a dummy token: nothing is sent, so nothing real is needed."""
+
+    def get_token(self, *scopes, **kwargs):
+        from azure.core.credentials import AccessToken
+
+        return AccessToken("dry-run", 2**31 - 1)
+
+
 # Headers a request shows: enough to understand it, never the Authorization header.
 _SHOWN_HEADERS = ("Content-Type", "x-ms-blob-type", "x-ms-version")
 

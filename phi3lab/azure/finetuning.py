@@ -15,7 +15,7 @@ from pathlib import Path
 from ..config import TrainConfig, default_config
 from ..errors import Phi3LabError
 from ..models import CATALOG, OFFLINE_MODEL, get_spec
-from .dryrun import RecordedRequest, RecordingTransport, Reply, show_requests
+from .dryrun import DryRunCredential, RecordedRequest, RecordingTransport, Reply, show_requests
 from .monitor import status_text
 from .schemas import validate_job_body
 from .service import azure_errors
@@ -220,17 +220,12 @@ def submit_finetuning(config: TrainConfig | None = None, settings: AzureSettings
 
 
 def _dry_run(config, settings, azure_model, assets, cost, job_name) -> Submission:
-    from azure.core.credentials import AccessToken
 
     from .auth import ml_client
 
     transport = RecordingTransport([("PUT", r"/jobs/[^/?]+\?", _accept_job)])
 
-    class _NoCredential:  # a dry run signs nothing real; the header is dropped from the display anyway
-        def get_token(self, *scopes, **kwargs):
-            return AccessToken("dry-run", 2**31 - 1)
-
-    ml = ml_client(settings, credential=_NoCredential(), transport=transport)
+    ml = ml_client(settings, credential=DryRunCredential(), transport=transport)
     model_id = registry_model_id(azure_model)
     references = [asset.reference for asset in assets]
     job = build_job(config, references[0], references[1] if len(references) > 1 else None, model_id, job_name)

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 
 from ..errors import Phi3LabError
-from .dryrun import RecordingTransport, Reply, show_requests
+from .dryrun import DryRunCredential, RecordingTransport, Reply, show_requests
 from .finetuning import DEFAULT_AZURE_MODEL, PLACEHOLDER_SETTINGS, azure_model_name
 from .service import AZURE_AI_DEVELOPER, CONTRIBUTOR, OWNER, RBAC_HINT, ROLE_NAMES, azure_errors
 from .settings import AzureSettings, load_settings
@@ -214,7 +214,7 @@ def register_provider(settings: AzureSettings | None = None, *, confirm: bool = 
         raise Phi3LabError("confirm=True needs Azure settings; without them only a dry run is possible")
     if not confirm:
         recorder = RecordingTransport([("POST", rf"/providers/{PROVIDER}/register", _registering)])
-        client = ResourceManagementClient(_DryRunCredential(), (settings or PLACEHOLDER_SETTINGS).subscription_id,
+        client = ResourceManagementClient(DryRunCredential(), (settings or PLACEHOLDER_SETTINGS).subscription_id,
                                           transport=recorder)
         client.providers.register(PROVIDER)
         return "DRY RUN: nothing was sent. Run with confirm=True to register.\n" + show_requests(recorder.requests)
@@ -231,12 +231,6 @@ def _registering(request, match) -> Reply:
     return Reply(200, {"id": request.path.rsplit("/register", 1)[0], "namespace": PROVIDER,
                        "registrationState": "Registering"})
 
-
-class _DryRunCredential:
-    def get_token(self, *scopes, **kwargs):
-        from azure.core.credentials import AccessToken
-
-        return AccessToken("dry-run", 2**31 - 1)
 
 
 def _principal_id(credential) -> str:

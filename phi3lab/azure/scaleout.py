@@ -17,7 +17,7 @@ from pathlib import Path
 from ..config import TrainConfig
 from ..errors import Phi3LabError
 from ..paths import REPO_ROOT
-from .dryrun import RecordedRequest, RecordingTransport, Reply, show_requests
+from .dryrun import DryRunCredential, RecordedRequest, RecordingTransport, Reply, show_requests
 from .service import azure_errors
 from .settings import AzureSettings, load_settings
 
@@ -128,11 +128,10 @@ def submit_training_job(config: TrainConfig, compute: str = "gpu-cluster", gpus_
     environment = build_environment()
     if not confirm:
         from .finetuning import PLACEHOLDER_SETTINGS
-        from .prerequisites import _DryRunCredential
 
         recorder = RecordingTransport([("PUT", r"/jobs/[^/?]+\?", _accept)])
         target = settings or PLACEHOLDER_SETTINGS
-        ml = ml_client(target, credential=_DryRunCredential(), transport=recorder)
+        ml = ml_client(target, credential=DryRunCredential(), transport=recorder)
         workspace = (f"/subscriptions/{target.subscription_id}/resourceGroups/{target.resource_group}/providers/"
                      f"Microsoft.MachineLearningServices/workspaces/{target.project}")
         job = build_command_job(f"azureml:phi3lab-train-config:{_file_hash(config_path)}", compute, gpus_per_node,
