@@ -25,6 +25,7 @@ from pathlib import Path
 from .config import TrainConfig, default_config, is_ci_profile
 from .errors import Phi3LabError
 from .io import atomic_write_text
+from .training import IGNORE_INDEX, tokenize_conversation
 
 DEFAULT_VALIDATION = "data/validation.jsonl"
 DEFAULT_ADAPTER = "runs/lora/adapter"
@@ -69,7 +70,10 @@ class LanguageMetrics:
 
 
 @contextlib.contextmanager
-def _restore_mode(model, training: bool):
+def _eval_mode(model):
+    """Evaluation mode (no dropout) for the block, then back to the mode the model was in."""
+    training = model.training
+    model.eval()
     try:
         yield
     finally:
@@ -85,8 +89,24 @@ def _causal_parts(model):
 def _shared_prefix(rows: list[dict]) -> int:
     """Leading tokens every conversation shares (the system prompt), stopping before any labelled token."""
     shared = len(os.path.commonprefix([r["input_ids"] for r in rows]))
-    first_labelled = min(next(i for i, label in enumerate(r["labels"]) if label != -100) for r in rows)
+    first_labelled = min(next(i for i, label in enumerate(r["labels"]) if label != IGNORE_INDEX) for r in rows)
     return max(min(shared, first_labelled) - 1, 0)  # the last shared token stays in each row: its logits predict the next one
+
+
+def _pad_batch(batch: list[dict], prefix_len: int, pad_id: int):
+    """Right-padded ``input_ids`` and ``labels`` after the shared prefix, and the attention mask over prefix + rest."""
+    import torch
+
+    width = max(len(r["input_ids"]) for r in batch) - prefix_len
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(batch), prefix_len + width), dtype=torch.long)
+    for i, row in enumerate(batch):
+        n = len(row["input_ids"]) - prefix_len
+        ids[i, :n] = torch.tensor(row["input_ids"][prefix_len:])
+        labels[i, :n] = torch.tensor(row["labels"][prefix_len:])
+        mask[i, :prefix_len + n] = 1
+    return ids, labels, mask
 
 
 def language_metrics(model, tokenizer, conversations: list[list[dict]], max_length: int = 2048,
@@ -101,49 +121,38 @@ def language_metrics(model, tokenizer, conversations: list[list[dict]], max_leng
     import torch
     import torch.nn.functional as F
 
-    from .training import tokenize_conversation
 
     if not conversations:
         raise EvaluationError("no conversations to evaluate. Fix: pass at least one validation conversation.")
     started = time.perf_counter()
     rows = [tokenize_conversation(tokenizer, c, max_length) for c in conversations]
-    rows = sorted((r for r in rows if any(label != -100 for label in r["labels"])), key=lambda r: len(r["input_ids"]))
+    rows = sorted((r for r in rows if any(label != IGNORE_INDEX for label in r["labels"])),
+                  key=lambda r: len(r["input_ids"]))
     if not rows:
         raise EvaluationError(f"no conversation has assistant text within the first {max_length} tokens. "
                               f"Fix: raise max_length or check that conversations end with an assistant turn.")
     decoder, lm_head = _causal_parts(model)
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     total_loss, correct, count = 0.0, 0, 0
-    with torch.inference_mode(), _restore_mode(model, was_training):
+    with torch.inference_mode(), _eval_mode(model):
         prefix_len = _shared_prefix(rows) if share_prefix else 0
         prefix_cache = None
         if prefix_len:
             prefix = torch.tensor([rows[0]["input_ids"][:prefix_len]], device=device)
             prefix_cache = decoder(input_ids=prefix, use_cache=True).past_key_values
         for start in range(0, len(rows), batch_size):
-            batch = rows[start:start + batch_size]
-            width = max(len(r["input_ids"]) for r in batch) - prefix_len
-            ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-            labels = torch.full((len(batch), width), -100, dtype=torch.long)
-            mask = torch.zeros((len(batch), prefix_len + width), dtype=torch.long)
-            for i, r in enumerate(batch):
-                n = len(r["input_ids"]) - prefix_len
-                ids[i, :n] = torch.tensor(r["input_ids"][prefix_len:])
-                labels[i, :n] = torch.tensor(r["labels"][prefix_len:])
-                mask[i, :prefix_len + n] = 1
-            ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
+            ids, labels, mask = (t.to(device) for t in _pad_batch(rows[start:start + batch_size], prefix_len,
+                                                                  tokenizer.pad_token_id))
             cache = None
             if prefix_cache is not None:
                 cache = copy.deepcopy(prefix_cache)
-                cache.batch_repeat_interleave(len(batch))
-            positions = torch.arange(prefix_len, prefix_len + width, device=device).expand(len(batch), -1)
+                cache.batch_repeat_interleave(ids.shape[0])
+            positions = torch.arange(prefix_len, prefix_len + ids.shape[1], device=device).expand(ids.shape[0], -1)
             hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                              use_cache=cache is not None).last_hidden_state
             # hidden[:, t] predicts token t+1: keep only positions whose next token is an assistant token
             targets = labels[:, 1:]
-            scored = targets != -100
+            scored = targets != IGNORE_INDEX
             logits = lm_head(hidden[:, :-1][scored]).float()
             wanted = targets[scored]
             total_loss += F.cross_entropy(logits, wanted, reduction="sum").item()
