@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import TrainConfig, default_config, is_ci_profile
@@ -216,7 +216,6 @@ class ClassifierRun:
     history: MetricsHistory
     adapter_dir: Path
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def _encode(classifier: IntentClassifier, data: IntentSet) -> list[dict]:
@@ -237,7 +236,36 @@ def history_from_log(log_history: list[dict], run: str = "") -> MetricsHistory:
     return history
 
 
-def train_classifier(config: TrainConfig | None = None, eval_limit: int | None = None) -> ClassifierRun:
+def _training_arguments(config: TrainConfig, scratch: str, bf16: bool, progress: bool):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=scratch, learning_rate=config.learning_rate, num_train_epochs=config.epochs,
+        max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=max(config.batch_size, 16), gradient_accumulation_steps=config.grad_accum,
+        seed=config.seed, logging_steps=config.logging_steps,
+        warmup_steps=config.warmup_ratio,  # a value below 1 is a fraction of the steps
+        eval_strategy="steps", eval_steps=config.eval_steps, save_strategy="no", report_to=[], bf16=bf16,
+        disable_tqdm=not progress, train_sampling_strategy="group_by_length")
+
+
+def _labelled_splits(config: TrainConfig, eval_limit: int | None) -> tuple[IntentSet, IntentSet]:
+    if config.validation_file is None:
+        raise ClassifierError("the classifier needs a labelled validation file (config.validation_file is None). "
+                              "Fix: split the data first (phi3lab data split) and set validation_file.")
+    train_path, val_path = config.resolve(config.train_file), config.resolve(config.validation_file)
+    train = load_intents(train_path, labels_path_for(train_path))
+    validation = load_intents(val_path, labels_path_for(val_path))
+    validation = validation.head(eval_limit if eval_limit is not None else CI_EVAL_LIMIT if is_ci_profile() else None)
+    unseen = sorted(set(validation.labels) - set(train.labels))
+    if unseen:
+        raise ClassifierError(f"validation intents {unseen} never occur in {config.train_file}. "
+                              f"Fix: re-split with stratification (phi3lab data split --labels ...).")
+    return train, validation
+
+
+def train_classifier(config: TrainConfig | None = None, eval_limit: int | None = None,
+                     progress: bool = True) -> ClassifierRun:
     """Fine-tune the intent classifier on ``config.train_file`` and its labels, score it, save it.
 
     Validation is ``config.validation_file`` with its labels. Under the CI profile only the first
@@ -246,41 +274,21 @@ def train_classifier(config: TrainConfig | None = None, eval_limit: int | None =
     import tempfile
     import time
 
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+    import torch
+    from transformers import DataCollatorWithPadding, Trainer, set_seed
 
     config = config or classifier_config()
-    if config.validation_file is None:
-        raise ClassifierError("the classifier needs a labelled validation file (config.validation_file is None). "
-                              "Fix: split the data first (phi3lab data split) and set validation_file.")
-    train_path, val_path = config.resolve(config.train_file), config.resolve(config.validation_file)
-    train = load_intents(train_path, labels_path_for(train_path))
-    validation = load_intents(val_path, labels_path_for(val_path))
-    validation = validation.head(eval_limit if eval_limit is not None else CI_EVAL_LIMIT if is_ci_profile() else None)
-    labels = sorted(set(train.labels))
-    unseen = sorted(set(validation.labels) - set(labels))
-    if unseen:
-        raise ClassifierError(f"validation intents {unseen} never occur in {config.train_file}. "
-                              f"Fix: re-split with stratification (phi3lab data split --labels ...).")
-
+    train, validation = _labelled_splits(config, eval_limit)
     set_seed(config.seed)
-    classifier = new_classifier(config, labels)
+    classifier = new_classifier(config, sorted(set(train.labels)))
+    bf16 = next(classifier.model.parameters()).dtype == torch.bfloat16
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="phi3lab-intent-") as scratch:
-        args = TrainingArguments(
-            output_dir=scratch, learning_rate=config.learning_rate, num_train_epochs=config.epochs,
-            max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
-            per_device_eval_batch_size=max(config.batch_size, 16), gradient_accumulation_steps=config.grad_accum,
-            seed=config.seed, logging_steps=config.logging_steps,
-            warmup_steps=config.warmup_ratio,  # a value below 1 is a fraction of the steps
-            eval_strategy="steps", eval_steps=config.eval_steps, save_strategy="no", report_to=[],
-            bf16=str(next(classifier.model.parameters()).dtype) == "torch.bfloat16",
-            disable_tqdm=True, train_sampling_strategy="group_by_length")
-        trainer = Trainer(model=classifier.model, args=args, train_dataset=_encode(classifier, train),
-                          eval_dataset=_encode(classifier, validation),
+        trainer = Trainer(model=classifier.model, args=_training_arguments(config, scratch, bf16, progress),
+                          train_dataset=_encode(classifier, train), eval_dataset=_encode(classifier, validation),
                           data_collator=DataCollatorWithPadding(classifier.tokenizer))
         trainer.train()
-        log = trainer.state.log_history
-        if not any("eval_loss" in entry for entry in log if entry.get("step") == trainer.state.global_step):
+        if trainer.state.global_step % config.eval_steps:
             trainer.evaluate()  # the curve should end with a validation point at the last step
     seconds = time.perf_counter() - started
     report = classifier.evaluate(validation)
