@@ -9,10 +9,13 @@ tests all use it.
 
 from __future__ import annotations
 
+import base64
 import json
+import mimetypes
 import os
 import re
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -153,6 +156,24 @@ def describe_failure(nb) -> str:
     return "the kernel stopped before a cell reported an error"
 
 
+_RELATIVE_IMG = re.compile(r'(<img\b[^>]*?\bsrc=")([^":?#]+)(")')
+
+
+def embed_relative_images(html: str, folder: Path) -> str:
+    """Inline images linked relatively (the diagrams in ../images), so an HTML page stands alone.
+
+    nbconvert's ``embed_images`` only reads files below the notebook's own folder.
+    """
+    def inline(match):
+        file = folder / urllib.parse.unquote(match.group(2))
+        if not file.is_file():
+            return match.group(0)
+        mime = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        return f"{match.group(1)}data:{mime};base64,{base64.b64encode(file.read_bytes()).decode()}{match.group(3)}"
+
+    return _RELATIVE_IMG.sub(inline, html)
+
+
 def run_notebook(path: Path, run_dir: Path, profile: str | None, timeout: int) -> NotebookResult:
     """Execute one notebook in its own folder; always write the executed copy and its HTML."""
     from nbclient import NotebookClient
@@ -175,10 +196,9 @@ def run_notebook(path: Path, run_dir: Path, profile: str | None, timeout: int) -
     seconds = time.perf_counter() - start
 
     executed = atomic_write_text(run_dir / path.name, nbformat.writes(nb) + "\n")
-    # embed_images: the HTML page shows the course diagrams without the repository beside it.
     html, _ = HTMLExporter(embed_images=True).from_notebook_node(
         nb, resources={"metadata": {"path": str(path.parent), "name": path.stem}})
-    html_path = atomic_write_text(run_dir / f"{path.stem}.html", html)
+    html_path = atomic_write_text(run_dir / f"{path.stem}.html", embed_relative_images(html, path.parent))
     return NotebookResult(path.name, round(seconds, 1), str(executed), str(html_path), error, secret_findings(nb))
 
 

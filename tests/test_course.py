@@ -11,10 +11,10 @@ from phi3lab.cli import main
 from phi3lab.course import CourseError, course_notebooks, latest_run_dir
 
 
-def write_notebook(folder, name, *sources):
+def write_notebook(folder, name, *sources, intro=""):
     nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                            "language": "python"}})
-    nb.cells = [nbformat.v4.new_markdown_cell(f"# {name}")] + [nbformat.v4.new_code_cell(s) for s in sources]
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {name}\n\n{intro}")] + [nbformat.v4.new_code_cell(s) for s in sources]
     nbformat.write(nb, folder / name)
     return folder / name
 
@@ -23,7 +23,10 @@ def write_notebook(folder, name, *sources):
 def course(tmp_path):
     folder = tmp_path / "notebooks"
     folder.mkdir()
-    write_notebook(folder, "00_intro.ipynb", "import os\nprint('profile:', os.environ.get('PHI3LAB_PROFILE'))")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "dot.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    write_notebook(folder, "00_intro.ipynb", "import os\nprint('profile:', os.environ.get('PHI3LAB_PROFILE'))",
+                   intro="![a diagram](../images/dot.svg)")
     write_notebook(folder, "01_fails.ipynb", "x = 1", "raise ValueError('train.jsonl line 3: no assistant turn')",
                    "print('never reached')")
     write_notebook(folder, "02_after.ipynb", "print('not run after a failure')")
@@ -50,6 +53,8 @@ def test_runs_in_order_stops_at_the_failing_cell_and_names_it(course, tmp_path, 
         "00_intro.html", "00_intro.ipynb", "01_fails.html", "01_fails.ipynb"]
     assert outputs_text(run / "00_intro.ipynb") == "profile: None\n"
     assert "no assistant turn" in (run / "01_fails.html").read_text()
+    intro_html = (run / "00_intro.html").read_text()  # the diagram is inlined: the page stands alone
+    assert 'src="data:image/svg+xml;base64,' in intro_html and 'src="../images/dot.svg"' not in intro_html
     summary = json.loads((run / "summary.json").read_text())
     assert summary["profile"] == "learner defaults" and [n["name"] for n in summary["notebooks"]] == [
         "00_intro.ipynb", "01_fails.ipynb"]
