@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .paths import RUNS_DIR
@@ -41,7 +41,7 @@ class CallLog:
         from .azure.settings import mask_secrets
 
         entry = {
-            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "endpoint": endpoint.name,
             "kind": endpoint.kind,
             "prompt": mask_secrets(result.prompt)[:PROMPT_CHARS],
