@@ -144,11 +144,12 @@ def plot_metric_bars(scores, title: str = "Metrics (higher is better)", ylim: tu
 @styled
 def plot_confusion_matrix(matrix, labels, title: str = "Intent confusion matrix") -> Figure:
     """Rows are the true intents, columns the predicted ones; the diagonal counts correct answers."""
+    import numpy as np
     from sklearn.metrics import ConfusionMatrixDisplay
 
     size = max(7.0, 0.75 * len(labels) + 3)
     fig, ax = new_figure(title, figsize=(size + 1.5, size))
-    ConfusionMatrixDisplay(confusion_matrix=matrix, display_labels=list(labels)).plot(
+    ConfusionMatrixDisplay(confusion_matrix=np.asarray(matrix), display_labels=list(labels)).plot(
         ax=ax, cmap="Blues", xticks_rotation=45, colorbar=False, values_format="d")
     ax.grid(False)
     for tick in ax.get_xticklabels():

@@ -70,11 +70,11 @@ def test_metric_bars_group_series_per_metric():
 
 
 def test_confusion_matrix_cells_and_axis_names():
-    matrix = np.array([[3, 1, 0], [0, 4, 0], [1, 0, 2]])
+    matrix = [[3, 1, 0], [0, 4, 0], [1, 0, 2]]  # as ClassifierReport stores it (JSON-friendly lists)
     fig = plots.plot_confusion_matrix(matrix, INTENTS)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == INTENTS
-    assert sorted(int(t.get_text()) for t in ax.texts) == sorted(matrix.ravel().tolist())
+    assert sorted(int(t.get_text()) for t in ax.texts) == sorted(np.ravel(matrix).tolist())
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("predicted intent", "true intent")
 
 
