@@ -14,7 +14,7 @@ import pytest
 from phi3lab import serving
 from phi3lab.endpoints import LocalEndpoint, load_test, query_endpoint
 from phi3lab.monitoring import CallLog, read_log
-from phi3lab.serving import ChatRequest, LocalServer, ServerError, default_adapter
+from phi3lab.serving import ChatRequest, LocalServer, ServerError
 
 PROMPTS = ["What is the capital of France?", "Name a colour."]
 
@@ -166,10 +166,30 @@ def test_a_server_that_cannot_start_reports_its_log(tmp_path):
         LocalServer(adapter=tmp_path / "no-adapter-here", startup_timeout=120).start()
 
 
-@pytest.mark.skipif(default_adapter() is None, reason="no trained adapter in runs/lora/adapter yet")
-def test_serves_the_trained_adapter():
-    with LocalServer() as server:
-        assert server.health()["adapter"] == str(default_adapter())
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory):
+    """A real LoRA adapter folder in the layout training writes (adapter, tokenizer, config.yaml).
+
+    Built directly with peft so the test never depends on notebook 02 having run first.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    from phi3lab.config import TrainConfig
+    from phi3lab.models import OFFLINE_MODEL, load_model, load_tokenizer
+    from phi3lab.training import CONFIG_NAME
+
+    folder = tmp_path_factory.mktemp("adapter")
+    model = get_peft_model(load_model(OFFLINE_MODEL, device="cpu"),
+                           LoraConfig(r=4, target_modules=["qkv_proj"], task_type="CAUSAL_LM"))
+    model.save_pretrained(folder)
+    load_tokenizer(OFFLINE_MODEL).save_pretrained(folder)
+    TrainConfig(model=OFFLINE_MODEL).save(folder / CONFIG_NAME)
+    return folder
+
+
+def test_serves_a_trained_adapter(adapter_dir):
+    with LocalServer(adapter=adapter_dir) as server:
+        assert server.health()["adapter"] == str(adapter_dir)
         report = query_endpoint(LocalEndpoint(server.url), PROMPTS[:1], max_tokens=6, log=False)
         assert report.errors == 0 and report.results[0].response
 
