@@ -164,7 +164,7 @@ PRESETS: dict[str, dict] = {
 }
 
 # CI runs every notebook with this profile: a few steps, so nbval stays well inside its budget.
-CI_PROFILE = {"max_steps": 4, "eval_steps": 2, "save_steps": 2, "logging_steps": 1, "max_seq_length": 256,
+CI_PROFILE = {"max_steps": 4, "eval_steps": 4, "save_steps": 2, "logging_steps": 1, "max_seq_length": 256,
               "batch_size": 2}
 
 
