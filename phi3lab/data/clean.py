@@ -8,8 +8,9 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..io import atomic_open
 from .labels import read_label_map, write_labels
-from .output import atomic_lines, refuse_overwrite
+from .output import refuse_overwrite
 from .records import RECORD_KEYS, ROLES
 from .report import MAX_KEPT_FINDINGS, DataError
 from .tokens import TokenCounter, resolve_tokenizer
@@ -108,7 +109,7 @@ def clean(src: str | os.PathLike, dst: str | os.PathLike, tokenizer=None, max_to
                                     f"conversation, one {{\"line\": n, \"intent\": ...}} per line.")
                 kept_labels.append(label_map[line])
 
-    with atomic_lines(dst) as out:
+    with atomic_open(dst) as out:
         for item in scan(src, fix=lambda record: fix_record(record, system_prompt)):
             report.n_read += 1
             if _dropped(item, report):
@@ -121,7 +122,7 @@ def clean(src: str | os.PathLike, dst: str | os.PathLike, tokenizer=None, max_to
     report.dropped.sort()
     report.fixed.sort(key=lambda entry: entry[0])
     if label_map is not None:
-        with atomic_lines(labels_dst) as handle:
+        with atomic_open(labels_dst) as handle:
             write_labels(handle, kept_labels)
     return report
 

@@ -12,8 +12,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..io import atomic_open
 from .labels import load_labels, write_labels
-from .output import atomic_lines, refuse_overwrite
+from .output import refuse_overwrite
 from .report import DataError
 from .validate import iter_valid
 
@@ -76,7 +77,7 @@ def split(path: str | os.PathLike, train_path: str | os.PathLike, validation_pat
                         f"(or split without labels).") from None
     held_out = set(held_out)
     train_out, val_out = [], []
-    with atomic_lines(train_path) as train, atomic_lines(validation_path) as validation:
+    with atomic_open(train_path) as train, atomic_open(validation_path) as validation:
         for index, (_, messages) in enumerate(iter_valid(path)):
             chosen, bucket = (validation, val_out) if index in held_out else (train, train_out)
             chosen.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
@@ -84,7 +85,7 @@ def split(path: str | os.PathLike, train_path: str | os.PathLike, validation_pat
     result = SplitResult(str(train_path), str(validation_path), len(train_out), len(val_out))
     if label_list is not None:
         for target, indices in ((train_labels, train_out), (validation_labels, val_out)):
-            with atomic_lines(target) as handle:
+            with atomic_open(target) as handle:
                 write_labels(handle, [label_list[i] for i in indices])
         train_counts = Counter(label_list[i] for i in train_out)
         val_counts = Counter(label_list[i] for i in val_out)
