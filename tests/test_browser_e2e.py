@@ -146,6 +146,16 @@ def open_notebook(page, lab, name: str) -> None:
                 && nb.sessionContext.session && nb.sessionContext.session.kernel
                 && nb.sessionContext.session.kernel.status === 'idle';
         }}""")
+    # Committed notebooks keep checked outputs with the execution count an in-order run gives, so
+    # "the count changed" would never fire for them: start from a cleared notebook, as a learner can.
+    run_command(page, "notebook:clear-all-cell-outputs")
+    page.wait_for_function(
+        f"""() => {{
+            const cells = {CURRENT_NOTEBOOK}.content.model.cells;
+            for (let i = 0; i < cells.length; i++)
+                if (cells.get(i).type === 'code' && cells.get(i).executionCount !== null) return false;
+            return true;
+        }}""")
 
 
 def run_command(page, command: str) -> None:
