@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
-from .io import atomic_write_text
+from .io import atomic_write_text, read_yaml_mapping
 
 PHI3_LORA_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 
@@ -91,13 +91,7 @@ class TrainConfig(BaseModel):
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; save one with TrainConfig().save(path)")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML/JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a mapping of field: value, got {type(data).__name__}")
-        return cls.create(**data)
+        return cls.create(**read_yaml_mapping(path, ConfigError))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write YAML (or JSON when the name ends in .json) atomically."""

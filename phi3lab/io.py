@@ -65,3 +65,21 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_yaml_mapping(path: str | os.PathLike, error: type[Exception], redact=lambda text: text) -> dict:
+    """A YAML/JSON file that must hold a mapping; problems raise ``error`` naming the file.
+
+    ``redact`` cleans the parser's message (it quotes the offending line, which may hold a secret).
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise error(f"{path} is not valid YAML/JSON: {redact(str(exc))}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path} must hold a mapping of setting: value, got {type(data).__name__}")
+    return data
+

@@ -12,9 +12,8 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import yaml
-
 from ..errors import Phi3LabError
+from ..io import read_yaml_mapping
 from ..paths import REPO_ROOT
 
 SETTINGS_FILE = REPO_ROOT / "azure-settings.yaml"
@@ -72,12 +71,7 @@ def load_settings(path: str | os.PathLike | None = None, environ: dict | None = 
 def _read_file(path: Path) -> dict:
     if not path.is_file():
         return {}
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise AzureSettingsError(f"{path.name} is not valid YAML: {mask_secrets(str(exc))}") from None
-    if not isinstance(data, dict):
-        raise AzureSettingsError(f"{path.name} must hold a mapping like 'subscription_id: ...'")
+    data = read_yaml_mapping(path, AzureSettingsError, redact=mask_secrets)
     known = {f.name for f in fields(AzureSettings)}
     unknown = sorted(set(data) - known)
     if unknown:
