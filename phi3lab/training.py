@@ -420,8 +420,9 @@ def add_lora(config: TrainConfig, model):
 
 
 def training_arguments(config: TrainConfig, staging_dir: Path, speed: dict, bf16: bool, progress: bool = True,
-                       bookkeeping: bool = True):
-    """Trainer arguments for our path. ``bookkeeping=False`` (benchmarks) turns off evaluation and saving."""
+                       bookkeeping: bool = True, baseline_eval: bool = False):
+    """Trainer arguments for our path. ``bookkeeping=False`` (benchmarks) turns off evaluation and saving;
+    ``baseline_eval`` scores the untrained model at step 0, so the validation curve starts at the base model."""
     import torch
     from transformers import TrainingArguments
 
@@ -441,6 +442,7 @@ def training_arguments(config: TrainConfig, staging_dir: Path, speed: dict, bf16
         bf16=bf16,
         eval_strategy="steps" if bookkeeping else "no",  # there is always a validation set (file or split)
         eval_steps=config.eval_steps,
+        eval_on_start=bookkeeping and baseline_eval,
         save_strategy="steps" if bookkeeping else "no",
         save_steps=config.save_steps,
         logging_steps=config.logging_steps,
@@ -461,14 +463,15 @@ def training_arguments(config: TrainConfig, staging_dir: Path, speed: dict, bf16
 
 
 def build_trainer(config: TrainConfig, model, tokenizer, train_set, eval_set, staging_dir: Path, speed: dict,
-                  callbacks=(), progress: bool = True, meter: ThroughputMeter | None = None, bookkeeping: bool = True):
+                  callbacks=(), progress: bool = True, meter: ThroughputMeter | None = None, bookkeeping: bool = True,
+                  baseline_eval: bool = False):
     """The Trainer our path uses (shared by ``train`` and the benchmark)."""
     import torch
 
     bf16 = next(model.parameters()).dtype == torch.bfloat16
     return metered_trainer_class()(
         model=model,
-        args=training_arguments(config, staging_dir, speed, bf16, progress, bookkeeping),
+        args=training_arguments(config, staging_dir, speed, bf16, progress, bookkeeping, baseline_eval),
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
@@ -522,7 +525,8 @@ def train(config: TrainConfig, callbacks=None, resume: bool = True, progress: bo
     publisher = _checkpoint_callback_class()(config, output_dir, history)
     _share_history(callbacks, history)
     trainer = build_trainer(config, model, tokenizer, train_set, eval_set, staging, speed,
-                            [publisher, *(callbacks or [])], progress)
+                            [publisher, *(callbacks or [])], progress,
+                            baseline_eval=start_from is None)  # a resumed run already has its step-0 point
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     began = time.perf_counter()

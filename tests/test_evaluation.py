@@ -245,7 +245,7 @@ def test_experiment_trains_each_variant_and_scores_it_on_the_ci_subset(tmp_path,
     assert set(experiment.results) == {"slow", "fast"} and experiment.best() in {"slow", "fast"}
     for name, result in experiment.results.items():
         assert result.summary["steps"] == 4
-        assert len(result.history.series("validation")[0]) == 1  # one scoring pass, at the end
+        assert result.history.series("validation")[0] == [0, 4]  # the base model, then the end
         assert (tmp_path / "exp" / name / "adapter" / "adapter_config.json").is_file()
     subset = tmp_path / "exp" / "validation-ci.jsonl"
     assert len(subset.read_text().splitlines()) == evaluation.CI_LIMIT

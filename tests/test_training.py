@@ -176,7 +176,8 @@ def test_sigkill_then_rerun_resumes_to_the_same_step_count(tmp_path):
     history = json.loads((output_dir / "adapter" / "history.json").read_text())
     train_steps = [r["step"] for r in history["records"] if r["split"] == "train"]
     assert train_steps == list(range(1, config.max_steps + 1))  # nothing lost, nothing repeated
-    assert any(r["split"] == "validation" for r in history["records"])
+    validation_steps = [r["step"] for r in history["records"] if r["split"] == "validation"]
+    assert validation_steps[0] == 0 and validation_steps.count(0) == 1  # the base model, scored once
     assert len(complete_checkpoints(output_dir)) <= 2 and not (output_dir / ".staging").exists()
     for folder in complete_checkpoints(output_dir) + [output_dir / "adapter"]:
         assert {"adapter_model.safetensors", "tokenizer.json", "config.yaml", "history.json"} <= {
@@ -190,6 +191,7 @@ def test_trained_adapter_loads_merges_and_reloads(tmp_path, tokenizer):
     result = train(config, progress=False)
     assert result.summary["steps"] == 2 and result.summary["non_pad_tokens_per_second"] > 0
     assert result.summary["final_validation_loss"] is not None
+    assert result.history.series("validation")[0] == [0, 2]  # the curve starts at the untrained model
     assert result.adapter_dir == tmp_path / "run" / "adapter"
     model, loaded_tokenizer = load_trained(result.adapter_dir)
     merged_dir = merge_and_save(result.adapter_dir, tmp_path / "merged")
