@@ -84,14 +84,25 @@ def clean_file(path: str | Path) -> bool:
     return after != before
 
 
-if __name__ == "__main__":
-    import sys
+def main(argv: list[str] | None = None) -> int:
+    import argparse
 
-    # python -m phi3lab.notebook_tools [--refresh] NOTEBOOK...
-    refresh = "--refresh" in sys.argv
-    for name in [a for a in sys.argv[1:] if a != "--refresh"]:
-        if refresh:
-            refresh_checked_outputs(name)
-            print(f"refreshed {name}")
+    parser = argparse.ArgumentParser(prog="python -m phi3lab.notebook_tools",
+                                     description="Strip notebook outputs, keeping the checked (NBVAL_CHECK_OUTPUT) ones.")
+    parser.add_argument("notebooks", nargs="+", type=Path)
+    parser.add_argument("--refresh", action="store_true", help="execute and store fresh checked outputs")
+    args = parser.parse_args(argv)
+    missing = [str(p) for p in args.notebooks if not p.is_file()]
+    if missing:
+        parser.error(f"no such notebook: {', '.join(missing)}")
+    for path in args.notebooks:
+        if args.refresh:
+            refresh_checked_outputs(path)
+            print(f"refreshed {path}")
         else:
-            print(f"{'cleaned' if clean_file(name) else 'clean'} {name}")
+            print(f"{'cleaned' if clean_file(path) else 'clean'} {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
