@@ -481,6 +481,14 @@ def build_trainer(config: TrainConfig, model, tokenizer, train_set, eval_set, st
     )
 
 
+def evaluate_last_step(trainer) -> None:
+    """End the validation curve at the last step. Trainer already scores it when the step falls on an
+    evaluation step; a second pass would cost a full validation run and add a duplicate point."""
+    step = trainer.state.global_step
+    if not any("eval_loss" in entry and entry.get("step") == step for entry in trainer.state.log_history):
+        trainer.evaluate()
+
+
 def _out_of_memory(exc: Exception) -> TrainingError:
     return TrainingError(f"the GPU ran out of memory ({str(exc).splitlines()[0]}). Fix: lower batch_size (raise "
                          f"grad_accum to keep the effective batch), shorten max_seq_length, or set "
@@ -532,8 +540,7 @@ def train(config: TrainConfig, callbacks=None, resume: bool = True, progress: bo
     began = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
-        if history.last("validation") is None or max(history.series("validation")[0]) < trainer.state.global_step:
-            trainer.evaluate()  # the final validation loss, unless the last step was an evaluation step
+        evaluate_last_step(trainer)
     except torch.cuda.OutOfMemoryError as exc:
         raise _out_of_memory(exc) from None
     wall = time.perf_counter() - began

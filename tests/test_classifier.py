@@ -42,6 +42,16 @@ def test_classifier_reads_the_user_turns_only():
     assert classifier.intent_text(messages) == "wifi\nstill broken"
 
 
+def test_every_input_ends_with_the_topic_question_even_when_cut(tiny_model):
+    config = classifier.classifier_config(model="phi3-tiny-offline", max_seq_length=32)
+    router = classifier.IntentClassifier(None, models.load_tokenizer(config.model), ["a", "b"], config)
+    question = router.tokenizer(classifier.TOPIC_QUESTION, add_special_tokens=False)["input_ids"]
+    short, long = router.encode(["wifi drops", "my controller keeps blinking " * 50])
+    assert len(long["input_ids"]) == 32 and long["input_ids"][-len(question):] == question
+    assert short["input_ids"][-len(question):] == question and sum(short["attention_mask"]) == len(short["input_ids"])
+    assert "wifi drops" in router.tokenizer.decode(short["input_ids"])
+
+
 def test_labels_are_read_beside_the_chat_file(data):
     train, _ = data
     intents = classifier.load_intents(train, classifier.labels_path_for(train))
@@ -80,7 +90,8 @@ def test_training_learns_intents_saves_and_loads_the_same_classifier(tiny_model,
     run = classifier.train_classifier(config_for(tmp_path, *data))
     assert run.report.n == 12 and run.report.macro_f1 >= 0.9, run.report.summary()
     assert run.history.series("train")[1][-1] < run.history.series("train")[1][0]
-    assert run.history.last("validation") is not None
+    steps = run.history.series("validation")[0]
+    assert steps[-1] >= run.history.series("train")[0][-1] and len(steps) == len(set(steps))  # ends once
 
     folder = run.adapter_dir
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "config.yaml",
