@@ -4,7 +4,7 @@
 state of the last real token and outputs one logit per intent. The head starts random, so it is
 trained in full (peft ``modules_to_save``) while LoRA adapts the transformer, exactly as for chat.
 The trained classifier is saved like the chat adapter: an adapter folder holding the peft weights,
-the tokenizer, ``config.yaml`` and the label map ``labels.json``.
+the tokenizer, ``config.yaml`` and ``labels.json`` (the label map and the wording around each message).
 """
 
 from __future__ import annotations
@@ -128,12 +128,15 @@ class IntentClassifier:
     tokenizer: object
     labels: list[str]
     config: TrainConfig
+    # The wording around each message is part of the model: it is saved with the labels and read back.
+    intro: str = MESSAGE_INTRO
+    question: str = TOPIC_QUESTION
 
     def encode(self, texts: list[str]) -> list[dict]:
         """Token ids the head reads: the message, cut to fit, then the topic question (never cut)."""
-        question = self.tokenizer(TOPIC_QUESTION, add_special_tokens=False)["input_ids"]
+        question = self.tokenizer(self.question, add_special_tokens=False)["input_ids"] if self.question else []
         room = max(self.config.max_seq_length - len(question), 1)
-        messages = self.tokenizer([MESSAGE_INTRO + text for text in texts], truncation=True, max_length=room)
+        messages = self.tokenizer([self.intro + text for text in texts], truncation=True, max_length=room)
         return [{"input_ids": ids + question, "attention_mask": [1] * (len(ids) + len(question))}
                 for ids in messages["input_ids"]]
 
@@ -162,7 +165,8 @@ class IntentClassifier:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             self.config.save(tmp / CONFIG_FILE)
-            atomic_write_json(tmp / LABELS_FILE, {"labels": self.labels})
+            atomic_write_json(tmp / LABELS_FILE, {"labels": self.labels,
+                                                  "input": {"intro": self.intro, "question": self.question}})
             for name, data in (extras or {}).items():
                 atomic_write_json(tmp / name, data)
         return Path(folder)
@@ -208,7 +212,9 @@ def load_classifier(folder: str | Path = DEFAULT_OUTPUT + "/adapter") -> IntentC
         raise ClassifierError(f"no intent classifier in {folder} (it needs adapter_config.json and {LABELS_FILE}). "
                               f"Fix: train one with train_classifier() (notebook 04) or pass its folder.")
     config = TrainConfig.load(folder / CONFIG_FILE)
-    labels = json.loads((folder / LABELS_FILE).read_text(encoding="utf-8"))["labels"]
+    saved = json.loads((folder / LABELS_FILE).read_text(encoding="utf-8"))
+    labels = saved["labels"]
+    framing = saved.get("input", {"intro": "", "question": ""})  # saved before the framing existed: plain text
     tokenizer = load_tokenizer(config.model)
     try:
         model = PeftModel.from_pretrained(_base_classifier(config, labels, tokenizer), str(folder))
@@ -217,7 +223,7 @@ def load_classifier(folder: str | Path = DEFAULT_OUTPUT + "/adapter") -> IntentC
             f"the classifier in {folder} does not fit base model '{config.model}' ({str(exc).splitlines()[0][:160]}). "
             f"It was probably trained on another base model or saved by another version. Fix: load it with the "
             f"model it was trained on, or train it again with train_classifier().") from None
-    return IntentClassifier(model, tokenizer, labels, config)
+    return IntentClassifier(model, tokenizer, labels, config, framing["intro"], framing["question"])
 
 
 # ----- training ----------------------------------------------------------------------------------

@@ -106,6 +106,13 @@ def test_training_learns_intents_saves_and_loads_the_same_classifier(tiny_model,
     texts = ["My controller will not pair", "I want a refund for a game", "The NAT type says strict"]
     assert loaded.labels == run.classifier.labels
     assert loaded.predict(texts) == run.classifier.predict(texts)
+    assert (loaded.intro, loaded.question) == (classifier.MESSAGE_INTRO, classifier.TOPIC_QUESTION)
+
+    # a classifier saved before the framing was recorded read plain text, and is loaded that way
+    (folder / "labels.json").write_text(json.dumps({"labels": run.classifier.labels}))
+    older = classifier.load_classifier(folder)
+    assert (older.intro, older.question) == ("", "")
+    assert older.encode(["wifi"])[0]["input_ids"] == older.tokenizer("wifi")["input_ids"]
 
 
 def test_head_is_trained_in_full_and_the_backbone_only_through_lora(tiny_model, data, tmp_path):
