@@ -23,7 +23,8 @@ from pathlib import Path
 
 from phi3lab import classifier, evaluation
 from phi3lab.config import default_config
-from phi3lab.training import load_trained, read_summary, train
+from phi3lab.history import MetricsHistory
+from phi3lab.training import HISTORY_NAME, load_trained, read_summary, train
 
 BAR = {"training_minutes": 15.0, "perplexity_drop": 0.30, "macro_f1": 0.85}
 
@@ -41,8 +42,8 @@ def chat_quality(adapter_dir: Path) -> dict:
 
 def training_record(adapter_dir: Path) -> dict:
     summary = read_summary(adapter_dir)
-    history = json.loads((adapter_dir / "history.json").read_text(encoding="utf-8"))
-    curve = [(r["step"], round(r["loss"], 4)) for r in history["records"] if r["split"] == "validation"]
+    steps, losses = MetricsHistory.load(adapter_dir / HISTORY_NAME).series("validation")
+    curve = [(step, round(loss, 4)) for step, loss in zip(steps, losses, strict=True)]
     return {"steps": summary["steps"], "wall_minutes": round(summary["wall_seconds"] / 60, 2),
             "non_pad_tokens_per_second": summary["non_pad_tokens_per_second"], "validation_curve": curve}
 

@@ -10,7 +10,6 @@ the tokenizer, ``config.yaml`` and ``labels.json`` (the label map and the wordin
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +17,10 @@ from .config import TrainConfig, default_config, is_ci_profile
 from .errors import Phi3LabError
 from .history import MetricsHistory
 from .io import atomic_directory, atomic_write_json
+from .training import CONFIG_NAME, HISTORY_NAME, evaluate_last_step
 
 LABELS_FILE = "labels.json"
-CONFIG_FILE = "config.yaml"
 REPORT_FILE = "report.json"
-HISTORY_FILE = "history.json"
 DEFAULT_OUTPUT = "runs/intent"
 # A new head learns faster than LoRA on pre-trained weights needs; the rest comes from the config.
 CLASSIFIER_OVERRIDES = {"learning_rate": 1e-3, "epochs": 3, "batch_size": 16, "max_seq_length": 128,
@@ -164,7 +162,7 @@ class IntentClassifier:
         with atomic_directory(folder) as tmp:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
-            self.config.save(tmp / CONFIG_FILE)
+            self.config.save(tmp / CONFIG_NAME)
             atomic_write_json(tmp / LABELS_FILE, {"labels": self.labels,
                                                   "input": {"intro": self.intro, "question": self.question}})
             for name, data in (extras or {}).items():
@@ -211,7 +209,7 @@ def load_classifier(folder: str | Path = DEFAULT_OUTPUT + "/adapter") -> IntentC
     if not (folder / LABELS_FILE).is_file() or not (folder / "adapter_config.json").is_file():
         raise ClassifierError(f"no intent classifier in {folder} (it needs adapter_config.json and {LABELS_FILE}). "
                               f"Fix: train one with train_classifier() (notebook 04) or pass its folder.")
-    config = TrainConfig.load(folder / CONFIG_FILE)
+    config = TrainConfig.load(folder / CONFIG_NAME)
     saved = json.loads((folder / LABELS_FILE).read_text(encoding="utf-8"))
     labels = saved["labels"]
     framing = saved.get("input", {"intro": "", "question": ""})  # saved before the framing existed: plain text
@@ -240,17 +238,6 @@ def _encode(classifier: IntentClassifier, data: IntentSet) -> list[dict]:
     index = {name: i for i, name in enumerate(classifier.labels)}
     return [{**row, "labels": index[label]} for row, label in zip(classifier.encode(data.texts), data.labels,
                                                                    strict=True)]
-
-
-def history_from_log(log_history: list[dict], run: str = "") -> MetricsHistory:
-    """The Trainer's log (``loss`` / ``eval_loss`` entries) in the shared history format."""
-    history = MetricsHistory(source="local", run=run)
-    for entry in log_history:
-        if "loss" in entry and math.isfinite(entry["loss"]):
-            history.add(entry["step"], "train", entry["loss"], epoch=entry.get("epoch"))
-        if "eval_loss" in entry:
-            history.add(entry["step"], "validation", entry["eval_loss"], epoch=entry.get("epoch"))
-    return history
 
 
 def _training_arguments(config: TrainConfig, scratch: str, bf16: bool, progress: bool):
@@ -294,8 +281,6 @@ def train_classifier(config: TrainConfig | None = None, eval_limit: int | None =
     import torch
     from transformers import DataCollatorWithPadding, Trainer, set_seed
 
-    from .training import evaluate_last_step
-
     config = config or classifier_config()
     train, validation = _labelled_splits(config, eval_limit)
     set_seed(config.seed)
@@ -310,7 +295,7 @@ def train_classifier(config: TrainConfig | None = None, eval_limit: int | None =
         evaluate_last_step(trainer)
     seconds = time.perf_counter() - started
     report = classifier.evaluate(validation)
-    history = history_from_log(trainer.state.log_history, run="intent classifier")
+    history = MetricsHistory.from_trainer_log(trainer.state.log_history, run="intent classifier")
     adapter_dir = config.resolve(config.output_dir) / "adapter"
-    classifier.save(adapter_dir, extras={REPORT_FILE: report.to_dict(), HISTORY_FILE: history.to_dict()})
+    classifier.save(adapter_dir, extras={REPORT_FILE: report.to_dict(), HISTORY_NAME: history.to_dict()})
     return ClassifierRun(classifier, report, history, adapter_dir, seconds)

@@ -8,6 +8,7 @@ read this, whichever side trained the model.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,24 @@ class MetricsHistory:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.records.append({"step": int(step), "epoch": epoch, "split": split, "loss": float(loss), **extra})
+
+    def add_trainer_log(self, step: int, logs: dict) -> None:
+        """Record one transformers Trainer log entry (its ``loss`` and/or ``eval_loss``).
+
+        A non-finite training loss is left out: JSON cannot hold it and the plots cannot draw it
+        (the Trainer's own progress log still shows it)."""
+        if "loss" in logs and math.isfinite(logs["loss"]):
+            self.add(step, "train", logs["loss"], epoch=logs.get("epoch"), learning_rate=logs.get("learning_rate"))
+        if "eval_loss" in logs:
+            self.add(step, "validation", logs["eval_loss"], epoch=logs.get("epoch"))
+
+    @classmethod
+    def from_trainer_log(cls, log_history: list[dict], run: str = "") -> MetricsHistory:
+        """A finished Trainer's ``state.log_history`` in the shared format."""
+        history = cls(source="local", run=run)
+        for entry in log_history:
+            history.add_trainer_log(entry["step"], entry)
+        return history
 
     def series(self, split: str, metric: str = "loss") -> tuple[list[int], list[float]]:
         """Steps and values of one metric for one split, in step order."""

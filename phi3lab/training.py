@@ -332,12 +332,7 @@ def _checkpoint_callback_class():
             self.config, self.output_dir, self.history = config, output_dir, history
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            logs = logs or {}
-            if "loss" in logs:
-                self.history.add(state.global_step, "train", logs["loss"], epoch=logs.get("epoch"),
-                                 learning_rate=logs.get("learning_rate"))
-            if "eval_loss" in logs:
-                self.history.add(state.global_step, "validation", logs["eval_loss"], epoch=logs.get("epoch"))
+            self.history.add_trainer_log(state.global_step, logs or {})
 
         def on_save(self, args, state, control, **kwargs):
             name = f"checkpoint-{state.global_step}"

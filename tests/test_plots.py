@@ -81,3 +81,11 @@ def test_confusion_matrix_cells_and_axis_names():
 def test_figures_use_the_course_style():
     fig = plots.plot_perplexity(2.0, 1.0)
     assert fig.axes[0].yaxis.label.get_fontsize() == plots.STYLE["axes.labelsize"]
+
+
+def test_trainer_log_becomes_the_shared_history_skipping_non_finite_loss():
+    log = [{"step": 0, "eval_loss": 3.4, "epoch": 0.0}, {"step": 5, "loss": 3.0, "learning_rate": 2e-4, "epoch": 0.1},
+           {"step": 10, "loss": float("nan"), "epoch": 0.2}, {"step": 10, "train_runtime": 1.0}]
+    history = MetricsHistory.from_trainer_log(log, run="r")
+    assert history.series("train") == ([5], [3.0]) and history.series("validation") == ([0], [3.4])
+    assert history.records[1]["learning_rate"] == 2e-4 and history.source == "local"
