@@ -17,6 +17,7 @@ from .config import TrainConfig, default_config, is_ci_profile
 from .errors import Phi3LabError
 from .history import MetricsHistory
 from .io import atomic_directory, atomic_write_json
+from .paths import repo_path
 from .training import CONFIG_NAME, HISTORY_NAME, evaluate_last_step
 
 LABELS_FILE = "labels.json"
@@ -70,7 +71,7 @@ def load_intents(chat_path: str | Path, labels_path: str | Path) -> IntentSet:
     """
     from .data import load_labels, read_conversations
 
-    chat_path, labels_path = TrainConfig().resolve(str(chat_path)), TrainConfig().resolve(str(labels_path))
+    chat_path, labels_path = repo_path(chat_path), repo_path(labels_path)
     labels = load_labels(chat_path, labels_path)
     texts = [intent_text(messages) for messages in read_conversations(chat_path)]
     if not texts:
@@ -205,7 +206,7 @@ def load_classifier(folder: str | Path = DEFAULT_OUTPUT + "/adapter") -> IntentC
 
     from .models import load_tokenizer
 
-    folder = TrainConfig().resolve(str(folder))
+    folder = repo_path(folder)
     if not (folder / LABELS_FILE).is_file() or not (folder / "adapter_config.json").is_file():
         raise ClassifierError(f"no intent classifier in {folder} (it needs adapter_config.json and {LABELS_FILE}). "
                               f"Fix: train one with train_classifier() (notebook 04) or pass its folder.")

@@ -107,12 +107,9 @@ class TrainConfig(BaseModel):
 
     def resolve(self, relative: str | None) -> Path | None:
         """A path from this config, relative ones taken from the repository root."""
-        from .paths import REPO_ROOT
+        from .paths import repo_path
 
-        if relative is None:
-            return None
-        path = Path(relative).expanduser()
-        return path if path.is_absolute() else REPO_ROOT / path
+        return None if relative is None else repo_path(relative)
 
     def summary(self) -> str:
         """A stable, human-readable summary (used as deterministic notebook output)."""

@@ -22,9 +22,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import TrainConfig, default_config, is_ci_profile
+from .config import default_config, is_ci_profile
 from .errors import Phi3LabError
 from .io import atomic_write_text
+from .paths import repo_path
 from .training import IGNORE_INDEX, tokenize_conversation
 
 DEFAULT_VALIDATION = "data/validation.jsonl"
@@ -44,7 +45,7 @@ def load_validation(path: str | Path = DEFAULT_VALIDATION, limit: int | None = N
 
     from .data import read_conversations
 
-    path = TrainConfig().resolve(str(path))
+    path = repo_path(path)
     limit = limit if limit is not None else CI_LIMIT if is_ci_profile() else None
     conversations = list(islice(read_conversations(path), limit))
     if not conversations:
@@ -350,11 +351,11 @@ def adapter_for_evaluation(adapter_dir: str | Path = DEFAULT_ADAPTER, preset: st
     """
     from .training import train
 
-    folder = TrainConfig().resolve(str(adapter_dir))
+    folder = repo_path(adapter_dir)
     if (folder / "adapter_config.json").is_file():
         print(f"Using the adapter trained in notebook 02: {Path(adapter_dir)}")
         return folder
-    fallback = TrainConfig().resolve(fallback_dir) / "adapter"
+    fallback = repo_path(fallback_dir) / "adapter"
     if (fallback / "adapter_config.json").is_file():
         print(f"No adapter at {Path(adapter_dir)}; using the short run trained earlier in {fallback_dir}/adapter.")
         return fallback
@@ -369,7 +370,7 @@ def training_histories(adapter_dir: str | Path = DEFAULT_ADAPTER) -> dict:
     from .history import MetricsHistory
     from .paths import RUNS_DIR
 
-    folder = TrainConfig().resolve(str(adapter_dir))
+    folder = repo_path(adapter_dir)
     histories = {"local": MetricsHistory.load(folder / "history.json")}
     azure = RUNS_DIR / "azure" / "history.json"
     if azure.is_file():
@@ -418,7 +419,7 @@ def run_experiment(variants: dict[str, dict], preset: str = "quick look",
 
     scoring = {}
     if is_ci_profile():  # score on the same few conversations load_validation() gives under CI
-        subset = TrainConfig().resolve(root) / "validation-ci.jsonl"
+        subset = repo_path(root) / "validation-ci.jsonl"
         atomic_write_text(subset, "".join(json.dumps({"messages": c}) + "\n" for c in load_validation()))
         scoring = {"validation_file": str(subset)}
     results = {}

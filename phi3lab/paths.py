@@ -10,6 +10,13 @@ DATA_DIR = REPO_ROOT / "data"
 RUNS_DIR = Path(os.environ.get("PHI3LAB_RUNS", REPO_ROOT / "runs"))
 
 
+def repo_path(path: str | os.PathLike) -> Path:
+    """``path`` with ``~`` expanded; a relative one is taken from the repository root, not the working
+    directory (notebooks run in ``notebooks/``, the CLI wherever the learner is)."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
 def cache_dir() -> Path:
     """Per-user cache for converted models (``PHI3LAB_CACHE`` overrides, then ``XDG_CACHE_HOME``)."""
     if os.environ.get("PHI3LAB_CACHE"):
