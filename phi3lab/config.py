@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 from .io import atomic_write_text, read_yaml_mapping
@@ -50,7 +50,7 @@ class TrainConfig(BaseModel):
     eval_steps: int = Field(default=20, ge=1, le=100_000, description="validation loss every N steps")
     save_steps: int = Field(default=20, ge=1, le=100_000, description="checkpoint every N steps")
     logging_steps: int = Field(default=5, ge=1, le=100_000)
-    output_dir: str = Field(default="runs/lora", description="relative to the repo root")
+    run_name: str = Field(default="lora", description="the run's folder under the runs root (PHI3LAB_RUNS, default runs/)")
 
     # Speed switches; each falls back cleanly when unavailable (CPU, missing package).
     packing: bool = Field(default=True, description="padding-free batching")
@@ -58,6 +58,26 @@ class TrainConfig(BaseModel):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     use_liger: bool = Field(default=False, description="Liger fused kernels (CUDA only)")
     torch_compile: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_output_dir(cls, values):
+        """Configs saved before ``run_name`` named the folder as ``output_dir: runs/<name>``."""
+        if isinstance(values, dict) and "output_dir" in values and "run_name" not in values:
+            values = dict(values)
+            old = str(values.pop("output_dir"))
+            values["run_name"] = old.removeprefix("runs/").strip("/") or old
+        return values
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name_is_a_folder_name(cls, value: str) -> str:
+        from .runs import RUN_NAME_RE
+
+        if not RUN_NAME_RE.match(value) or ".." in value.split("/"):
+            raise ValueError("use letters, digits, '.', '_' and '-' (sub-folders with '/'); runs live under the runs "
+                             "root, so set PHI3LAB_RUNS to keep them elsewhere")
+        return value
 
     @field_validator("target_modules")
     @classmethod
@@ -104,6 +124,13 @@ class TrainConfig(BaseModel):
     @property
     def effective_batch_size(self) -> int:
         return self.batch_size * self.grad_accum
+
+    @property
+    def run(self):
+        """This run's folder (``phi3lab.runs.RunFolder``) under the runs root."""
+        from .runs import RunFolder, runs_root
+
+        return RunFolder(runs_root() / self.run_name)
 
     def resolve(self, relative: str | None) -> Path | None:
         """A path from this config, relative ones taken from the repository root."""

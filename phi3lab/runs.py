@@ -1,0 +1,190 @@
+"""Where runs live and what a run folder holds: the one owner of these locations.
+
+Every training run is a folder under the runs root (``PHI3LAB_RUNS``, default ``<repo>/runs``)::
+
+    runs/<run name>/
+        config.yaml          the run's TrainConfig, written before the first step (the hand-off to notebooks 03-05)
+        checkpoint-N/        complete checkpoints (published by one rename from .staging/)
+        .staging/            where Trainer writes a checkpoint until it is whole
+        adapter/             the final LoRA adapter, with config.yaml, history.json and summary.json
+    runs/azure/history.json  the Azure job's metrics (notebook 03)
+    runs/serving/            one record and one log per local server (read by cleanup)
+    runs/monitoring/         the endpoint call log (notebook 05)
+
+Nothing else in phi3lab builds these paths; it asks this module. The root is read from the environment
+on every call, so ``PHI3LAB_RUNS`` set after import (a test, a notebook cell) is honoured everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import Phi3LabError
+from .paths import REPO_ROOT, repo_path
+
+RUNS_ENV = "PHI3LAB_RUNS"
+CONFIG_NAME, HISTORY_NAME, SUMMARY_NAME = "config.yaml", "history.json", "summary.json"
+ADAPTER_NAME, STAGING_NAME = "adapter", ".staging"
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+# Folders under the runs root that hold services' records, not training runs.
+SERVICE_FOLDERS = ("azure", "serving", "monitoring", "benchmarks")
+RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
+
+
+class RunNotFoundError(Phi3LabError):
+    """No run folder (or no finished adapter) where one was expected."""
+
+
+def runs_root() -> Path:
+    """The folder that holds every run: ``PHI3LAB_RUNS`` when set (relative to the repository root), else ``runs/``."""
+    value = os.environ.get(RUNS_ENV)
+    if not value:
+        return REPO_ROOT / "runs"
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def azure_history_file() -> Path:
+    return runs_root() / "azure" / HISTORY_NAME
+
+
+def server_dir() -> Path:
+    return runs_root() / "serving"
+
+
+def call_log_file() -> Path:
+    return runs_root() / "monitoring" / "endpoint_calls.jsonl"
+
+
+def benchmark_dir() -> Path:
+    return runs_root() / "benchmarks"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The paths inside one run folder (nothing is read or created by building one)."""
+
+    folder: Path
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def config_file(self) -> Path:
+        return self.folder / CONFIG_NAME
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.folder / STAGING_NAME
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.folder / ADAPTER_NAME
+
+    @property
+    def history_file(self) -> Path:
+        return self.adapter_dir / HISTORY_NAME
+
+    @property
+    def summary_file(self) -> Path:
+        return self.adapter_dir / SUMMARY_NAME
+
+    def checkpoint_dir(self, step: int) -> Path:
+        return self.folder / f"checkpoint-{step}"
+
+    def checkpoint_dirs(self) -> list[Path]:
+        """Published ``checkpoint-N`` folders, oldest first (whether complete or not)."""
+        found = []
+        if self.folder.is_dir():
+            for path in self.folder.iterdir():
+                match = CHECKPOINT_RE.match(path.name)
+                if match and path.is_dir():
+                    found.append((int(match.group(1)), path))
+        return [path for _, path in sorted(found)]
+
+    @property
+    def finished(self) -> bool:
+        return (self.adapter_dir / "adapter_config.json").is_file() and (self.adapter_dir / CONFIG_NAME).is_file()
+
+    def config(self):
+        """The run's ``TrainConfig`` (from the finished adapter, else the one written when it started)."""
+        from .config import TrainConfig
+
+        for path in (self.adapter_dir / CONFIG_NAME, self.config_file):
+            if path.is_file():
+                return TrainConfig.load(path)
+        raise RunNotFoundError(f"{self.folder} holds no {CONFIG_NAME}: it is not a training run. "
+                               f"Fix: train first (notebook 02 or `phi3lab train`).")
+
+    def history(self):
+        from .history import MetricsHistory
+
+        return MetricsHistory.load(self.history_file)
+
+    def summary(self) -> dict:
+        import json
+
+        return json.loads(self.summary_file.read_text(encoding="utf-8"))
+
+
+def run_folder(run: str | os.PathLike | RunFolder) -> RunFolder:
+    """A run by name (``"lora"``: a folder under the runs root), or by path (a ``Path``, an absolute path or one
+    starting with ``runs/``, relative ones taken from the repository root); an adapter folder means its run."""
+    if isinstance(run, RunFolder):
+        return run
+    text = os.fspath(run)
+    if isinstance(run, str) and RUN_NAME_RE.match(text) and not text.startswith("runs/"):
+        path = runs_root() / text
+    else:
+        path = repo_path(text)
+    if path.name == ADAPTER_NAME and (path / "adapter_config.json").is_file():
+        path = path.parent
+    return RunFolder(path)
+
+
+def training_runs(finished_only: bool = True) -> list[RunFolder]:
+    """Every training run under the runs root (nested ones too), oldest first by modification time."""
+    root = runs_root()
+    if not root.is_dir():
+        return []
+    found = []
+    for config in root.rglob(CONFIG_NAME):
+        folder = config.parent
+        if folder.name == ADAPTER_NAME or CHECKPOINT_RE.match(folder.name) or STAGING_NAME in folder.parts:
+            continue
+        if folder.relative_to(root).parts[0] in SERVICE_FOLDERS:
+            continue
+        run = RunFolder(folder)
+        if run.finished or not finished_only:
+            found.append(run)
+    return sorted(found, key=_finished_at)
+
+
+def _finished_at(run: RunFolder) -> float:
+    marker = run.summary_file if run.summary_file.is_file() else run.config_file
+    return marker.stat().st_mtime if marker.exists() else 0.0
+
+
+def latest_run() -> RunFolder | None:
+    """The most recently finished training run, or None when nothing has finished yet."""
+    runs = training_runs()
+    return runs[-1] if runs else None
+
+
+def find_run(run: str | os.PathLike | RunFolder | None = None) -> RunFolder:
+    """The named run, or the latest finished one; a clear error when there is none."""
+    if run is None:
+        latest = latest_run()
+        if latest is None:
+            raise RunNotFoundError(f"no finished training run under {runs_root()}. Fix: train one first "
+                                   f"(notebook 02 or `phi3lab train`).")
+        return latest
+    folder = run_folder(run)
+    if not folder.finished:
+        raise RunNotFoundError(f"{folder.folder} holds no finished adapter (no {ADAPTER_NAME}/adapter_config.json). "
+                               f"Fix: train it to the end (notebook 02 or `phi3lab train`), or name another run.")
+    return folder
