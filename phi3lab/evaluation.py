@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import html
-import json
 import math
 import os
 import re
@@ -20,17 +19,14 @@ import string
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from .config import default_config, is_ci_profile
+from .config import is_ci_profile
 from .errors import Phi3LabError
-from .io import atomic_write_text
 from .paths import repo_path
+from .runs import RunFolder
 from .training import IGNORE_INDEX, tokenize_conversation
 
 DEFAULT_VALIDATION = "data/validation.jsonl"
-DEFAULT_ADAPTER = "runs/lora/adapter"
-FALLBACK_RUN = "runs/lora-short"  # where notebook 04 trains its own short adapter when 02 has not run
 CI_LIMIT = 12  # validation conversations scored under the CI profile
 CI_NEW_TOKENS = 24
 
@@ -39,13 +35,16 @@ class EvaluationError(Phi3LabError):
     """The evaluation cannot run on this input; the message says what to change."""
 
 
-def load_validation(path: str | Path = DEFAULT_VALIDATION, limit: int | None = None) -> list[list[dict]]:
-    """The validation conversations (the first ``limit``; under the CI profile at most ``CI_LIMIT``)."""
+def load_validation(source: str | os.PathLike | RunFolder | None = None, limit: int | None = None) -> list[list[dict]]:
+    """The validation conversations of a run (its ``validation_file``) or of a file; by default the course's
+    validation set. The first ``limit`` are kept; under the CI profile at most ``CI_LIMIT``."""
     from itertools import islice
 
     from .data import read_conversations
 
-    path = repo_path(path)
+    if isinstance(source, RunFolder):
+        source = source.config().validation_file
+    path = repo_path(source or DEFAULT_VALIDATION)
     limit = limit if limit is not None else CI_LIMIT if is_ci_profile() else None
     conversations = list(islice(read_conversations(path), limit))
     if not conversations:
@@ -339,95 +338,3 @@ def compare(model, tokenizer, conversations: list[list[dict]], base=None, max_ne
                               "switched off (load it with phi3lab.training.load_trained(adapter_dir)).")
     prompts = [next(m["content"] for m in reversed(c[:-1]) if m["role"] == "user") for c in conversations]
     return Comparison(before, tuned, prompts)
-
-
-# ----- the adapter notebook 04 evaluates ------------------------------------------------------------
-def adapter_for_evaluation(adapter_dir: str | Path = DEFAULT_ADAPTER, preset: str = "quick look",
-                           fallback_dir: str = FALLBACK_RUN) -> Path:
-    """The adapter trained in notebook 02; if there is none, a short one trained now (and said so).
-
-    The short run goes to its own folder, so a notebook-02 run in progress (checkpoints, no adapter
-    yet) is never touched; it is reused the next time.
-    """
-    from .training import train
-
-    folder = repo_path(adapter_dir)
-    if (folder / "adapter_config.json").is_file():
-        print(f"Using the adapter trained in notebook 02: {Path(adapter_dir)}")
-        return folder
-    fallback = repo_path(fallback_dir) / "adapter"
-    if (fallback / "adapter_config.json").is_file():
-        print(f"No adapter at {Path(adapter_dir)}; using the short run trained earlier in {fallback_dir}/adapter.")
-        return fallback
-    config = default_config(preset, output_dir=fallback_dir)
-    print(f"No adapter at {Path(adapter_dir)} (notebook 02 not run yet): training a short one now in {fallback_dir} "
-          f"({preset!r} preset, {config.max_steps} steps). Its results will be modest; run notebook 02 for a real one.")
-    return train(config, progress=False).adapter_dir
-
-
-def training_histories(adapter_dir: str | Path = DEFAULT_ADAPTER) -> dict:
-    """The local run's metrics history, plus the Azure job's when notebook 03 fetched one."""
-    from .history import MetricsHistory
-    from .paths import RUNS_DIR
-
-    folder = repo_path(adapter_dir)
-    histories = {"local": MetricsHistory.load(folder / "history.json")}
-    azure = RUNS_DIR / "azure" / "history.json"
-    if azure.is_file():
-        histories["Azure"] = MetricsHistory.load(azure)
-    else:
-        print("No Azure job metrics yet (notebook 03 saves them to runs/azure/history.json after a real job).")
-    return histories
-
-
-# ----- iterate: compare two settings ---------------------------------------------------------------
-@dataclass
-class Experiment:
-    """Short training runs that differ in one or two settings, scored on the validation loss."""
-
-    variants: dict[str, dict]
-    results: dict  # name -> phi3lab.training.TrainResult
-
-    def histories(self) -> dict:
-        return {name: result.history for name, result in self.results.items()}
-
-    def rows(self) -> list[tuple[str, str, int, float, float]]:
-        rows = []
-        for name, result in self.results.items():
-            changed = ", ".join(f"{k}={v}" for k, v in self.variants[name].items())
-            loss = result.history.last("validation")
-            rows.append((name, changed, result.summary.get("steps", 0), loss, math.exp(loss)))
-        return rows
-
-    def table(self) -> str:
-        lines = [f"{'run':<14}{'settings':<36}{'steps':>6}{'val loss':>10}{'perplexity':>12}"]
-        lines += [f"{n:<14}{c:<36}{s:>6}{loss:>10.3f}{ppl:>12.2f}" for n, c, s, loss, ppl in self.rows()]
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.table()
-
-    def best(self) -> str:
-        return min(self.rows(), key=lambda row: row[3])[0]
-
-
-def run_experiment(variants: dict[str, dict], preset: str = "quick look",
-                   root: str = "runs/experiments") -> Experiment:
-    """Train one short run per variant (``{name: {setting: value}}``, changes to the preset) and
-    collect their validation losses. Each run starts fresh in ``root/<name>``."""
-    from .training import train
-
-    scoring = {}
-    if is_ci_profile():  # score on the same few conversations load_validation() gives under CI
-        subset = repo_path(root) / "validation-ci.jsonl"
-        atomic_write_text(subset, "".join(json.dumps({"messages": c}) + "\n" for c in load_validation()))
-        scoring = {"validation_file": str(subset)}
-    results = {}
-    for name, changes in variants.items():
-        folder = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
-        # one validation pass at the end is enough to compare runs (train() always ends with one)
-        config = default_config(preset, output_dir=f"{root}/{folder}", **{**scoring, **changes})
-        config = config.update(eval_steps=max(config.eval_steps, config.max_steps if config.max_steps > 0 else 1))
-        print(f"training {name!r} ({', '.join(f'{k}={v}' for k, v in changes.items())}) ...")
-        results[name] = train(config, resume=False, progress=False)
-    return Experiment(variants, results)

@@ -28,6 +28,7 @@ from .paths import REPO_ROOT, repo_path
 RUNS_ENV = "PHI3LAB_RUNS"
 CONFIG_NAME, HISTORY_NAME, SUMMARY_NAME = "config.yaml", "history.json", "summary.json"
 ADAPTER_NAME, STAGING_NAME = "adapter", ".staging"
+CLASSIFIER_LABELS_NAME = "labels.json"  # an intent classifier's label map; marks a run as not a chat run
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # Folders under the runs root that hold services' records, not training runs.
 SERVICE_FOLDERS = ("azure", "serving", "monitoring", "benchmarks")
@@ -146,19 +147,25 @@ def run_folder(run: str | os.PathLike | RunFolder) -> RunFolder:
     return RunFolder(path)
 
 
-def training_runs(finished_only: bool = True) -> list[RunFolder]:
-    """Every training run under the runs root (nested ones too), oldest first by modification time."""
+def training_runs(finished_only: bool = True, nested: bool = True) -> list[RunFolder]:
+    """Chat-training runs under the runs root, oldest first (by when they finished, else started).
+
+    ``nested=False`` keeps only runs directly under the root: the learner's own runs, not the experiment
+    runs that notebook 04 keeps in sub-folders. Intent-classifier runs are not chat runs and are left out.
+    """
     root = runs_root()
     if not root.is_dir():
         return []
     found = []
     for config in root.rglob(CONFIG_NAME):
-        folder = config.parent
-        if folder.name == ADAPTER_NAME or CHECKPOINT_RE.match(folder.name) or STAGING_NAME in folder.parts:
+        run = RunFolder(config.parent)
+        parts = run.folder.relative_to(root).parts
+        if run.name == ADAPTER_NAME or CHECKPOINT_RE.match(run.name) or STAGING_NAME in parts:
             continue
-        if folder.relative_to(root).parts[0] in SERVICE_FOLDERS:
+        if parts[0] in SERVICE_FOLDERS or (not nested and len(parts) > 1):
             continue
-        run = RunFolder(folder)
+        if (run.adapter_dir / CLASSIFIER_LABELS_NAME).is_file():
+            continue
         if run.finished or not finished_only:
             found.append(run)
     return sorted(found, key=_finished_at)
@@ -170,8 +177,8 @@ def _finished_at(run: RunFolder) -> float:
 
 
 def latest_run() -> RunFolder | None:
-    """The most recently finished training run, or None when nothing has finished yet."""
-    runs = training_runs()
+    """The learner's most recently finished chat run (experiments in sub-folders aside), or None."""
+    runs = training_runs(nested=False)
     return runs[-1] if runs else None
 
 
@@ -188,3 +195,18 @@ def find_run(run: str | os.PathLike | RunFolder | None = None) -> RunFolder:
         raise RunNotFoundError(f"{folder.folder} holds no finished adapter (no {ADAPTER_NAME}/adapter_config.json). "
                                f"Fix: train it to the end (notebook 02 or `phi3lab train`), or name another run.")
     return folder
+
+
+def config_for(run: str | os.PathLike | RunFolder | None = None):
+    """The ``TrainConfig`` a later notebook continues with: the named run's, else the latest run's, else the
+    course default (said so), so notebooks 03-05 use the data and settings notebook 02 trained with."""
+    if run is not None:
+        return find_run(run).config()
+    latest = latest_run()
+    if latest is not None:
+        print(f"using the settings of run '{latest.name}' ({latest.config_file.parent})")
+        return latest.config()
+    from .config import default_config
+
+    print("no finished training run yet (notebook 02): using the course's default settings")
+    return default_config()

@@ -155,6 +155,45 @@ def test_clean_refuses_to_overwrite_its_input(tmp_path):
         clean(path, path)
 
 
+def labelled(tmp_path, n=6):
+    chat = write(tmp_path, *[conv(f"q{i}") for i in range(n)], name="all.jsonl")
+    labels = write(tmp_path, *[{"line": i + 1, "intent": "ab"[i % 2]} for i in range(n)], name="all_labels.jsonl")
+    return chat, labels
+
+
+def unchanged(*paths):
+    """Snapshot of files that must come out of a refused command byte for byte as they went in."""
+    before = {p: p.read_bytes() for p in paths}
+    return lambda: all(p.read_bytes() == content for p, content in before.items())
+
+
+@pytest.mark.parametrize("argv", [
+    # the labels input is the validation split's default labels output (v_labels.jsonl beside v.jsonl)
+    ["data", "split", "{chat}", "{dir}/t.jsonl", "{dir}/v.jsonl", "--labels", "{dir}/v_labels.jsonl"],
+    ["data", "split", "{chat}", "{dir}/train.jsonl", "{dir}/val.jsonl", "--labels", "{dir}/train_labels.jsonl"],
+    ["data", "split", "{chat}", "{dir}/same.jsonl", "{dir}/same.jsonl"],
+    ["data", "split", "{chat}", "{chat}", "{dir}/val.jsonl"],
+    ["data", "split", "{chat}", "{dir}/t.jsonl", "{labels}", "--labels", "{labels}"],
+    ["data", "clean", "{chat}", "{dir}/out.jsonl", "--labels", "{labels}", "--labels-output", "{dir}/out.jsonl"],
+    ["data", "clean", "{chat}", "{dir}/out.jsonl", "--labels", "{labels}", "--labels-output", "{labels}"],
+    ["data", "clean", "{chat}", "{labels}"],
+], ids=["split-labels-as-default-labels-output", "split-labels-as-train-labels", "split-same-outputs",
+        "split-output-is-input", "split-output-is-labels", "clean-labels-output-is-output",
+        "clean-labels-output-is-labels-input", "clean-output-is-labels-input"])
+def test_every_data_write_path_refuses_inputs_and_colliding_outputs(tmp_path, capsys, argv):
+    chat, labels = labelled(tmp_path)
+    (tmp_path / "train_labels.jsonl").write_bytes(labels.read_bytes())
+    (tmp_path / "v_labels.jsonl").write_bytes(labels.read_bytes())
+    inputs = [chat, labels, tmp_path / "train_labels.jsonl", tmp_path / "v_labels.jsonl"]
+    same = unchanged(*inputs)
+    args = [a.format(chat=chat, labels=labels, dir=tmp_path) for a in argv]
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert ("input file" in err or "same file" in err) and "Traceback" not in err
+    assert same(), "an input file was changed"
+    assert not (tmp_path / "same.jsonl").exists() and not (tmp_path / "out.jsonl").exists()
+
+
 def test_clean_carries_labels(tmp_path):
     chat = write(tmp_path, conv("a"), "{bad", conv("b"), conv("a"))
     labels = write(tmp_path, {"line": 1, "intent": "x"}, {"line": 3, "intent": "y"}, {"line": 4, "intent": "x"},

@@ -9,8 +9,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..io import atomic_open
+from ..paths import repo_path
 from .labels import read_label_map, write_labels
-from .output import refuse_overwrite
+from .output import refuse_collisions
 from .records import RECORD_KEYS, ROLES
 from .report import MAX_KEPT_FINDINGS, DataError
 from .tokens import TokenCounter, resolve_tokenizer
@@ -78,16 +79,16 @@ def clean(src: str | os.PathLike, dst: str | os.PathLike, tokenizer=None, max_to
     conversation, and, with a ``tokenizer``, conversations over ``max_tokens`` (default: the
     model's context). ``labels`` (the labels file of ``src``) are carried to ``labels_dst``.
     """
-    refuse_overwrite(src, dst, labels_dst)
-    if labels is not None:
-        refuse_overwrite(labels, dst, labels_dst)
+    shown = CleanReport(str(src), str(dst), str(labels_dst) if labels_dst else None)  # paths as the learner wrote them
+    src, dst, labels, labels_dst = (repo_path(p) if p is not None else None for p in (src, dst, labels, labels_dst))
+    refuse_collisions([src, labels], [dst, labels_dst])
     tokenizer, context = resolve_tokenizer(tokenizer)
     max_tokens = max_tokens or context
     label_map = read_label_map(labels) if labels is not None else None
     if label_map is not None and labels_dst is None:
         raise DataError("labels given without labels_dst. Fix: pass labels_dst (where the kept conversations' "
                         "labels go).")
-    report = CleanReport(str(src), str(dst), str(labels_dst) if labels_dst else None)
+    report = shown
     kept_labels: list[str] = []
     counter = TokenCounter(tokenizer) if tokenizer is not None else None
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..paths import REPO_ROOT, repo_path
 from .report import SEVERITY, DataError, Finding
 
 ROLES = ("system", "user", "assistant")
@@ -37,10 +38,10 @@ def finding(line: int, code: str, field: str, message: str) -> Finding:
 
 def iter_raw_lines(path: str | os.PathLike) -> Iterator[RawLine]:
     """Physical lines of a file as bytes, with line-ending and BOM flags, in bounded memory."""
-    path = Path(path)
+    path = repo_path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist or is not a file. Fix: check the path (relative paths start at "
-                        f"the current folder, {Path.cwd()}).")
+                        f"the repository root, {REPO_ROOT}).")
     with path.open("rb") as handle:
         number = 0
         while chunk := handle.readline(MAX_LINE_BYTES + 1):

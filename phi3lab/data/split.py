@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..io import atomic_open
+from ..paths import repo_path
 from .labels import load_labels, write_labels
-from .output import refuse_overwrite
+from .output import refuse_collisions
 from .report import DataError
 from .validate import iter_valid
 
@@ -60,10 +61,14 @@ def split(path: str | os.PathLike, train_path: str | os.PathLike, validation_pat
     if not 0 < validation_fraction < 1:
         raise DataError(f"validation_fraction={validation_fraction} is out of range. Fix: pick a value between 0 "
                         f"and 1 (exclusive), e.g. 0.1.")
+    shown = (str(train_path), str(validation_path))  # paths as the learner wrote them
+    path, train_path, validation_path, labels, train_labels, validation_labels = (
+        repo_path(p) if p is not None else None
+        for p in (path, train_path, validation_path, labels, train_labels, validation_labels))
     if labels is not None:
         train_labels = train_labels or _labels_beside(train_path)
         validation_labels = validation_labels or _labels_beside(validation_path)
-    refuse_overwrite(path, train_path, validation_path, train_labels, validation_labels)
+    refuse_collisions([path, labels], [train_path, validation_path, train_labels, validation_labels])
     n = sum(1 for _ in iter_valid(path))  # also stops at the first invalid line, naming it
     label_list = load_labels(path, labels) if labels is not None else None
     if n < 2:
@@ -82,7 +87,7 @@ def split(path: str | os.PathLike, train_path: str | os.PathLike, validation_pat
             chosen, bucket = (validation, val_out) if index in held_out else (train, train_out)
             chosen.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
             bucket.append(index)
-    result = SplitResult(str(train_path), str(validation_path), len(train_out), len(val_out))
+    result = SplitResult(*shown, len(train_out), len(val_out))
     if label_list is not None:
         for target, indices in ((train_labels, train_out), (validation_labels, val_out)):
             with atomic_open(target) as handle:
