@@ -176,7 +176,7 @@ def unchanged(*paths):
     ["data", "split", "{chat}", "{dir}/t.jsonl", "{labels}", "--labels", "{labels}"],
     ["data", "clean", "{chat}", "{dir}/out.jsonl", "--labels", "{labels}", "--labels-output", "{dir}/out.jsonl"],
     ["data", "clean", "{chat}", "{dir}/out.jsonl", "--labels", "{labels}", "--labels-output", "{labels}"],
-    ["data", "clean", "{chat}", "{labels}"],
+    ["data", "clean", "{chat}", "{labels}", "--labels", "{labels}", "--labels-output", "{dir}/l.jsonl"],
 ], ids=["split-labels-as-default-labels-output", "split-labels-as-train-labels", "split-same-outputs",
         "split-output-is-input", "split-output-is-labels", "clean-labels-output-is-output",
         "clean-labels-output-is-labels-input", "clean-output-is-labels-input"])
