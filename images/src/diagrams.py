@@ -126,7 +126,37 @@ def azure_resources():
     return fig
 
 
-DIAGRAMS = {"pipeline_overview": pipeline_overview, "lora_on_phi3": lora_on_phi3, "azure_resources": azure_resources}
+def package_architecture():
+    """The package's modules, what each owns, and the flow data -> config -> training -> run -> consumers."""
+    fig, ax = canvas(16, 6.6, "Inside phi3lab: each concern has one owner; a run folder hands work on")
+    w, h, mid = 2.5, 1.35, 4.2
+    box(ax, 1.4, mid, w, h, "data/", "validate, clean,\nsplit, stats, cost", BLUE, size=11.5)
+    box(ax, 4.3, mid, w, h, "config", "TrainConfig: the one\ntyped set of settings", PURPLE, size=11.5)
+    box(ax, 7.4, mid, 2.9, h, "training/", "chat format, HF objects,\ntrainer, planning", GREEN, size=11.5)
+    box(ax, 10.6, mid, 2.7, h, "run folder", "config, checkpoints,\nadapter, history", ORANGE, size=11.5)
+    for y, title, body, colour in [(5.7, "evaluation", "metrics; experiments:\nwhich run, curves", BLUE),
+                                   (4.2, "serving/", "app (OpenAI routes),\nprocess (LocalServer)", RED),
+                                   (2.7, "azure/", "checks, fine-tuning,\ndeployment, cleanup", ORANGE)]:
+        box(ax, 14.4, y, 2.7, 1.15, title, body, colour, size=11.5)
+        arrow(ax, (11.95, mid + (y - mid) * 0.3), (13.0, y))
+    for start, end in [((2.65, mid), (3.05, mid)), ((5.55, mid), (5.95, mid)), ((8.85, mid), (9.25, mid))]:
+        arrow(ax, start, end)
+    note(ax, 10.6, 5.15, "training/artifacts loads it", ha="center", size=10)
+    note(ax, 0.2, 2.35, "Owners every module asks instead of deciding for itself", size=12, fontweight="bold",
+         colour="#222222")
+    owners = [("runs", "where runs, checkpoints,\nadapters, records live"),
+              ("paths", "relative paths start\nat the repository root"),
+              ("secrets", "one table: masking and\nthe notebook scan"),
+              ("io", "atomic files and\nfolders"),
+              ("widgets, plots", "views of what the\npackage computes"),
+              ("cli", "the phi3lab command\nline, one parser each")]
+    for i, (title, body) in enumerate(owners):
+        box(ax, 1.3 + i * 2.35, 1.0, 2.15, 1.15, title, body, SKY, size=11)
+    return fig
+
+
+DIAGRAMS = {"pipeline_overview": pipeline_overview, "lora_on_phi3": lora_on_phi3, "azure_resources": azure_resources,
+            "package_architecture": package_architecture}
 
 
 def main(out_dir: Path) -> None:
