@@ -1,0 +1,82 @@
+"""Atomic checkpoints and resume: a run killed at any moment restarts from its last complete checkpoint.
+
+Trainer writes ``checkpoint-N`` piece by piece; a crash in between would leave a folder that looks
+complete but is not. Trainer therefore writes into the run's staging folder, and once a checkpoint is
+whole it gets the config and history and is published into the run folder with one rename.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from ..config import TrainConfig
+from ..history import MetricsHistory
+from ..runs import CHECKPOINT_RE, CONFIG_NAME, HISTORY_NAME, RunFolder
+from .errors import notice
+
+KEEP_CHECKPOINTS = 2
+# What resume needs in a checkpoint: Trainer's state, the adapter, the optimiser, and our config and history.
+CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", CONFIG_NAME, HISTORY_NAME)
+# Fields whose change makes an old checkpoint a different run (bookkeeping fields may change).
+RUN_FIELDS = ("model", "train_file", "validation_file", "learning_rate", "epochs", "batch_size", "grad_accum",
+              "max_seq_length", "max_steps", "warmup_ratio", "seed", "lora_r", "lora_alpha", "lora_dropout",
+              "target_modules", "packing")
+
+
+def checkpoint_publisher(config: TrainConfig, run: RunFolder, history: MetricsHistory):
+    """A TrainerCallback that records the metrics history and publishes each finished checkpoint."""
+    from transformers import TrainerCallback
+
+    class CheckpointPublisher(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            history.add_trainer_log(state.global_step, logs or {})
+
+        def on_save(self, args, state, control, **kwargs):
+            publish_checkpoint(config, run, history, Path(args.output_dir), state.global_step)
+
+    return CheckpointPublisher()
+
+
+def publish_checkpoint(config: TrainConfig, run: RunFolder, history: MetricsHistory, staging: Path, step: int) -> None:
+    """Complete the staged checkpoint of ``step``, rename it into the run folder, drop the oldest ones."""
+    final = run.checkpoint_dir(step)
+    staged = staging / final.name  # Trainer names its folder as the run does
+    config.save(staged / CONFIG_NAME)
+    history.save(staged / HISTORY_NAME)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staged, final)
+    for old in complete_checkpoints(run)[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def complete_checkpoints(run: RunFolder) -> list[Path]:
+    """Published checkpoints holding everything resume needs, oldest first."""
+    return [path for path in run.checkpoint_dirs() if all((path / name).is_file() for name in CHECKPOINT_FILES)]
+
+
+def changed_fields(config: TrainConfig, saved_config: Path) -> list[str]:
+    """The run-defining fields in which ``config`` differs from the config saved at ``saved_config``."""
+    saved = TrainConfig.load(saved_config)
+    return [f for f in RUN_FIELDS if getattr(saved, f) != getattr(config, f)]
+
+
+def resume_point(config: TrainConfig, run: RunFolder, resume: bool, notices: list[str] | None = None) -> Path | None:
+    """The last complete checkpoint of this same run, or None to start fresh (old checkpoints removed)."""
+    checkpoints = complete_checkpoints(run)
+    changed = changed_fields(config, checkpoints[-1] / CONFIG_NAME) if checkpoints else []
+    if changed and resume:
+        notice(f"the checkpoints in {run.folder} are from a run with other {', '.join(changed)}; starting a new run",
+               notices)
+    if not resume or not checkpoints or changed:
+        for path in run.checkpoint_dirs():
+            shutil.rmtree(path, ignore_errors=True)
+        return None
+    return checkpoints[-1]
+
+
+def step_of(checkpoint: Path | None) -> int:
+    """The optimiser step a checkpoint was saved at (0 for none)."""
+    return int(CHECKPOINT_RE.match(checkpoint.name).group(1)) if checkpoint else 0

@@ -1,0 +1,340 @@
+"""Local LoRA fine-tuning on top of transformers' Trainer and peft.
+
+One code path serves the notebook, the CLI (``phi3lab train --config``) and the benchmark:
+``train(config)`` checks everything it can before the first step, writes the run's ``config.yaml``,
+builds a peft model, tokenizes the chat data with the model's own template (loss on assistant tokens
+only), trains with AdamW on cross-entropy, and writes checkpoints and the final adapter into the run
+folder (``config.run``), each in one atomic rename.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import TrainConfig
+from ..history import MetricsHistory
+from ..io import atomic_directory, atomic_write_json
+from ..runs import CONFIG_NAME, HISTORY_NAME, SUMMARY_NAME, RunFolder
+from .chat_format import load_splits, make_collator
+from .checkpoints import changed_fields, checkpoint_publisher, resume_point, step_of
+from .errors import TrainingError, notice
+from .hf_objects import add_lora, speed_arguments, training_arguments
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path  # the run folder
+    adapter_dir: Path
+    history: MetricsHistory
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def run(self) -> RunFolder:
+        return RunFolder(Path(self.output_dir))
+
+
+# ----- checks before any compute ------------------------------------------------------------------
+def check_config(config: TrainConfig) -> TrainConfig:
+    """Re-validate the config and check it against the model's context length."""
+    from ..models import get_spec
+
+    config = TrainConfig.create(**config.model_dump())  # catches values set around validation
+    spec = get_spec(config.model)
+    if config.max_seq_length > spec.context_length:
+        raise TrainingError(f"max_seq_length={config.max_seq_length} is above {config.model}'s context length of "
+                            f"{spec.context_length} tokens. Fix: set max_seq_length to at most {spec.context_length}.")
+    return config
+
+
+def check_data(config: TrainConfig) -> None:
+    """Validate the chat files before loading the model (every bad line is named)."""
+    from ..data import validate
+
+    for name in ("train_file", "validation_file"):
+        path = config.resolve(getattr(config, name))
+        if path is not None:
+            validate(path).raise_for_errors()
+
+
+# ----- speed switches ---------------------------------------------------------------------------
+def resolve_speed(config: TrainConfig, device: str, notices: list[str] | None = None) -> dict:
+    """The speed settings that can actually be used here; each fallback gets a one-line notice."""
+    from transformers.utils import is_flash_attn_2_available
+
+    cuda = device == "cuda"
+    attn = config.attn_implementation
+    if attn == "flash_attention_2" and not (cuda and is_flash_attn_2_available()):
+        notice("flash_attention_2 needs a CUDA GPU and the flash-attn package; using sdpa instead", notices)
+        attn = "sdpa"
+    liger = config.use_liger
+    if liger and not (cuda and importlib.util.find_spec("liger_kernel")):
+        notice("use_liger needs a CUDA GPU and the liger-kernel package; training without Liger kernels", notices)
+        liger = False
+    compile_ = config.torch_compile
+    if compile_ and not cuda:
+        notice("torch_compile is only used on a CUDA GPU (on CPU compiling costs more than it saves); "
+               "training uncompiled", notices)
+        compile_ = False
+    return {"packing": config.packing, "attn_implementation": attn, "use_liger": liger,
+            "torch_compile": compile_, "gradient_checkpointing": config.gradient_checkpointing}
+
+
+# ----- measuring ---------------------------------------------------------------------------------
+class ThroughputMeter:
+    """Counts non-pad tokens and times optimiser steps (data loading, evaluation and saving excluded)."""
+
+    def __init__(self):
+        self.steps: list[dict] = []  # one row per optimiser step: seconds, tokens, sum of squared lengths
+        self._tokens = self._squares = 0
+        self._start = None
+
+    def count(self, inputs) -> None:
+        lengths = sequence_lengths(inputs)
+        self._tokens += sum(lengths)
+        self._squares += sum(n * n for n in lengths)
+
+    def begin(self) -> None:
+        synchronize()
+        self._start = time.perf_counter()
+
+    def end(self) -> None:
+        synchronize()
+        if self._start is not None:
+            self.steps.append({"seconds": time.perf_counter() - self._start, "tokens": self._tokens,
+                               "squared_lengths": self._squares})
+        self._tokens = self._squares = 0
+        self._start = None
+
+    def totals(self, skip: int = 0) -> dict:
+        rows = self.steps[skip:]
+        seconds = sum(r["seconds"] for r in rows)
+        tokens = sum(r["tokens"] for r in rows)
+        return {"steps": len(rows), "seconds": seconds, "tokens": tokens,
+                "squared_lengths": sum(r["squared_lengths"] for r in rows),
+                "tokens_per_second": tokens / seconds if seconds else 0.0}
+
+
+def sequence_lengths(inputs) -> list[int]:
+    """Real (non-pad) length of every conversation in a padded or flattened batch."""
+    import torch
+
+    if "attention_mask" in inputs and inputs["attention_mask"] is not None:
+        return [int(n) for n in inputs["attention_mask"].sum(dim=-1).tolist()]
+    positions = inputs.get("position_ids")
+    if positions is None:
+        return [int(inputs["input_ids"].shape[-1])] * int(inputs["input_ids"].shape[0])
+    starts = torch.nonzero(positions.flatten() == 0).flatten().tolist() + [positions.numel()]
+    return [b - a for a, b in zip(starts[:-1], starts[1:], strict=True)]
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work, so a wall-clock time covers it (nothing to wait for on CPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def peak_memory() -> tuple[int, str]:
+    """Peak memory so far: CUDA allocations on a GPU, the process's peak RSS on CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated()), "cuda max allocated"
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process peak RSS"
+
+
+def metered_trainer_class():
+    from transformers import Trainer, TrainerCallback
+
+    class MeteredTrainer(Trainer):
+        """transformers' Trainer that also counts the tokens it trains on (measurement only)."""
+
+        def __init__(self, *args, meter: ThroughputMeter | None = None, **kwargs):
+            self.meter = meter or ThroughputMeter()
+            super().__init__(*args, **kwargs)
+            self.add_callback(_MeterCallback(self.meter))
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            self.meter.count(inputs)
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    class _MeterCallback(TrainerCallback):
+        def __init__(self, meter):
+            self.meter = meter
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.meter.begin()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.meter.end()
+
+    return MeteredTrainer
+
+
+# ----- the model and the Trainer ----------------------------------------------------------------
+def load_base_model(config: TrainConfig, device: str, speed: dict):
+    """The base model as training uses it: the device's best dtype and the attention that works here."""
+    from ..models import load_model, pick_dtype
+
+    return load_model(config.model, device=device, dtype=pick_dtype(device),
+                      attn_implementation=speed["attn_implementation"])
+
+
+def build_trainer(config: TrainConfig, model, tokenizer, train_set, eval_set, staging_dir: Path, speed: dict,
+                  callbacks=(), progress: bool = True, meter: ThroughputMeter | None = None, bookkeeping: bool = True,
+                  baseline_eval: bool = False):
+    """The Trainer our path uses (shared by ``train`` and the benchmark). ``bookkeeping=False`` (benchmarks)
+    turns off evaluation and saving; ``baseline_eval`` scores the untrained model at step 0, so the
+    validation curve starts at the base model."""
+    import torch
+
+    bf16 = next(model.parameters()).dtype == torch.bfloat16
+    bookkeeping_off = {} if bookkeeping else {"eval_strategy": "no", "save_strategy": "no"}
+    args = training_arguments(config, staging_dir, bf16, progress, eval_on_start=bookkeeping and baseline_eval,
+                              **speed_arguments(speed), **bookkeeping_off)
+    return metered_trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        data_collator=make_collator(tokenizer, speed["packing"], speed["attn_implementation"]),
+        callbacks=list(callbacks),
+        meter=meter,
+    )
+
+
+def evaluate_last_step(trainer) -> None:
+    """End the validation curve at the last step. Trainer already scores it when the step falls on an
+    evaluation step; a second pass would cost a full validation run and add a duplicate point."""
+    step = trainer.state.global_step
+    if not any("eval_loss" in entry and entry.get("step") == step for entry in trainer.state.log_history):
+        trainer.evaluate()
+
+
+def _out_of_memory(exc: Exception) -> TrainingError:
+    return TrainingError(f"the GPU ran out of memory ({str(exc).splitlines()[0]}). Fix: lower batch_size (raise "
+                         f"grad_accum to keep the effective batch), shorten max_seq_length, or set "
+                         f"gradient_checkpointing=True.")
+
+
+# ----- the one entry point -------------------------------------------------------------------------
+def train(config: TrainConfig, callbacks=None, resume: bool = True, progress: bool = True) -> TrainResult:
+    """Fine-tune ``config.model`` with LoRA into ``config.run``; resume from its last complete checkpoint."""
+    import torch
+
+    from ..models import load_tokenizer, pick_device
+
+    notices: list[str] = []
+    config = check_config(config)
+    check_data(config)
+    device = pick_device()
+    speed = resolve_speed(config, device, notices)
+    run = config.run
+    run.folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(run.staging_dir, ignore_errors=True)  # leftovers of an interrupted save are never trusted
+    done = finished_run(config, run) if resume else None
+    if done is not None:
+        notice(f"this run already finished in {run.folder}; showing its saved result (train(config, resume=False) "
+               f"trains again)")
+        _share_history(callbacks, done.history, finished=True)
+        return done
+    start_from = resume_point(config, run, resume, notices)
+    config.save(run.config_file)  # the hand-off notebooks 03-05 read, there before the first step
+
+    tokenizer = load_tokenizer(config.model)
+    tokenizer.padding_side = "right"  # left padding in training is a known cause of zero/NaN loss
+    train_set, eval_set = load_splits(config, tokenizer, notices)
+    model = add_lora(config, load_base_model(config, device, speed))
+
+    history = MetricsHistory(source="local", run=run.name)
+    if start_from is not None:
+        history.records = MetricsHistory.load(start_from / HISTORY_NAME).records
+    _share_history(callbacks, history)
+    trainer = build_trainer(config, model, tokenizer, train_set, eval_set, run.staging_dir, speed,
+                            [checkpoint_publisher(config, run, history), *(callbacks or [])], progress,
+                            baseline_eval=start_from is None)  # a resumed run already has its step-0 point
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    began = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
+        evaluate_last_step(trainer)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise _out_of_memory(exc) from None
+    wall = time.perf_counter() - began
+    shutil.rmtree(run.staging_dir, ignore_errors=True)
+
+    summary = run_summary(config, trainer, model, device, speed, history, notices, start_from, wall)
+    save_adapter(run, config, model, tokenizer, history, summary)
+    return TrainResult(output_dir=run.folder, adapter_dir=run.adapter_dir, history=history, summary=summary)
+
+
+def finished_run(config: TrainConfig, run: RunFolder) -> TrainResult | None:
+    """The saved result when this very run already finished (the adapter is written last)."""
+    if not run.summary_file.is_file() or changed_fields(config, run.adapter_dir / CONFIG_NAME):
+        return None
+    return TrainResult(output_dir=run.folder, adapter_dir=run.adapter_dir, history=run.history(),
+                       summary=run.summary())
+
+
+def save_adapter(run: RunFolder, config: TrainConfig, model, tokenizer, history: MetricsHistory,
+                 summary: dict) -> None:
+    """The final adapter with its tokenizer, config, history and summary, published in one rename."""
+    with atomic_directory(run.adapter_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        config.save(tmp / CONFIG_NAME)
+        history.save(tmp / HISTORY_NAME)
+        atomic_write_json(tmp / SUMMARY_NAME, summary)
+
+
+def _share_history(callbacks, history: MetricsHistory, finished: bool = False) -> None:
+    """Callbacks with a ``history`` (the live loss plot) get the run's own, so a resumed run is shown whole."""
+    for callback in callbacks or []:
+        if isinstance(getattr(callback, "history", None), MetricsHistory):
+            callback.history = history
+            if finished:
+                callback.on_train_end(None, None, None)
+
+
+# ----- the summary -----------------------------------------------------------------------------------
+def run_summary(config: TrainConfig, trainer, model, device: str, speed: dict, history: MetricsHistory,
+                notices: list[str], start_from: Path | None, wall_seconds: float) -> dict:
+    """The run's measured numbers, saved as ``summary.json`` beside the adapter."""
+    totals = trainer.meter.totals()
+    memory, memory_kind = peak_memory()
+    return {
+        "model": config.model, "device": device, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "steps": int(trainer.state.global_step), "resumed_from_step": step_of(start_from),
+        "trained_tokens": totals["tokens"], "train_seconds": round(totals["seconds"], 3),
+        "non_pad_tokens_per_second": round(totals["tokens_per_second"], 1),
+        "peak_memory_bytes": memory, "peak_memory_kind": memory_kind, "wall_seconds": round(wall_seconds, 3),
+        "final_train_loss": history.last("train"), "final_validation_loss": history.last("validation"),
+        "trainable_parameters": trainable_parameters(model), "speed": speed, "notices": notices,
+    }
+
+
+def describe_summary(summary: dict) -> str:
+    """The run's headline numbers in a few lines (what the notebook and CLI show)."""
+    validation = summary["final_validation_loss"]
+    return "\n".join([
+        f"steps: {summary['steps']} (resumed from step {summary['resumed_from_step']})" if summary["resumed_from_step"]
+        else f"steps: {summary['steps']}",
+        f"device: {summary['device']} ({summary['dtype']})",
+        f"non-pad tokens/s: {summary['non_pad_tokens_per_second']:,.0f} ({summary['trained_tokens']:,} tokens)",
+        f"peak memory: {summary['peak_memory_bytes'] / 2**30:.2f} GiB ({summary['peak_memory_kind']})",
+        f"wall time: {summary['wall_seconds'] / 60:.1f} min",
+        f"final train loss: {summary['final_train_loss']:.3f}",
+        f"final validation loss: {validation:.3f}" if validation is not None else "final validation loss: -",
+    ])
+
+
+def trainable_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
