@@ -1,7 +1,7 @@
 """Figures for the course: matplotlib Figures in one style, readable on a workshop projector.
 
-Every function returns a ``matplotlib.figure.Figure`` (never calls ``plt.show``), so notebooks
-display it and tests can inspect it.
+Every ``plot_*`` function returns a ``matplotlib.figure.Figure`` (never calls ``plt.show``), so notebooks
+display it and tests can inspect it. ``live_loss_plot`` redraws the loss figure while training runs.
 """
 
 from __future__ import annotations
@@ -92,6 +92,41 @@ def plot_loss_curves(histories, title: str | None = None) -> Figure:
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("cross-entropy loss")
     return fig
+
+
+def live_loss_plot(title: str | None = None):
+    """A TrainerCallback that redraws ``plot_loss_curves`` in place while training runs (notebook 02)."""
+    from transformers import TrainerCallback
+
+    from .history import MetricsHistory
+
+    class LiveLossPlot(TrainerCallback):
+        """``train`` hands it the run's own history, so a resumed run is plotted from its first step."""
+
+        def __init__(self):
+            self.history = MetricsHistory(source="local")
+            self.handle = None
+
+        def _draw(self):
+            from IPython.display import display
+
+            figure = plot_loss_curves(self.history, title=title)
+            if self.handle is None:
+                self.handle = display(figure, display_id=True)
+            else:
+                self.handle.update(figure)
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self._draw()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self._draw()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if {"loss", "eval_loss"} & set(logs or {}):
+                self._draw()
+
+    return LiveLossPlot()
 
 
 def _label_bars(ax, bars, fmt: str) -> None:

@@ -1,21 +1,21 @@
-"""Hyperparameter widgets bound to the one ``TrainConfig``, and a live loss plot for training.
+"""Hyperparameter widgets bound to the one ``TrainConfig``: a view of the config and of its run plan.
 
 ``HyperparameterPanel(config).config`` is always a valid config: sliders take their bounds from
-the config's declared ranges, so an out-of-range value cannot be entered. Headless runs (nbval,
-CLI) never touch a widget and simply use the config's values.
+the config's declared ranges, so an out-of-range value cannot be entered. The numbers the panel
+shows (steps, trainable parameters, a timed step) are computed by ``phi3lab.training.planning``.
+Headless runs (nbval, CLI) never touch a widget and simply use the config's values.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import html
 import math
-import time
-from pathlib import Path
 
 import ipywidgets as w
 
 from .config import PRESETS, TrainConfig, field_range
-from .errors import ConfigError
-from .history import MetricsHistory
+from .errors import ConfigError, Phi3LabError
 
 DEFAULT_FIELDS = ("model", "learning_rate", "epochs", "batch_size", "grad_accum", "lora_r", "lora_alpha",
                   "lora_dropout", "target_modules", "max_seq_length")
@@ -102,7 +102,7 @@ class HyperparameterPanel:
             self._config = self._config.update(**{name: value})
             self.message.value = ""
         except ConfigError as exc:  # e.g. no target module selected: keep the last valid value
-            self.message.value = f"<span style='color:#D55E00'>{exc}</span>"
+            self._show_problem(exc)
             self._show(name)
             return
         if name == "model":  # a model passed in belongs to the previous choice
@@ -110,6 +110,9 @@ class HyperparameterPanel:
             self.seconds_per_step = None
             self._refresh_targets()
         self._refresh()
+
+    def _show_problem(self, exc: Exception) -> None:
+        self.message.value = f"<span style='color:#D55E00'>{html.escape(str(exc))}</span>"
 
     def _show(self, name: str) -> None:
         """Put the config's value back into a control without treating it as a new choice."""
@@ -131,6 +134,8 @@ class HyperparameterPanel:
 
     # ----- derived numbers ---------------------------------------------------------------------
     def _model_for_shapes(self):
+        from .training.planning import weightless_model
+
         if self._shape_model is None:
             self._shape_model = weightless_model(self._config.model)
         return self._shape_model
@@ -151,20 +156,9 @@ class HyperparameterPanel:
 
     def derived_numbers(self) -> dict:
         """Trainable parameters, effective batch, steps per epoch, total steps and time estimate."""
-        config = self._config
-        model = self._model_for_shapes()
-        examples = training_examples(config)
-        per_epoch = steps_per_epoch(examples, config.batch_size, config.grad_accum) if examples else None
-        total = config.max_steps if config.max_steps > 0 else (per_epoch * config.epochs if per_epoch else None)
-        return {
-            "trainable_parameters": lora_parameter_count(model, config) if model is not None else None,
-            "effective_batch_size": config.effective_batch_size,
-            "training_examples": examples,
-            "steps_per_epoch": per_epoch,
-            "total_steps": total,
-            "seconds_per_step": self.seconds_per_step,
-            "estimated_seconds": total * self.seconds_per_step if total and self.seconds_per_step else None,
-        }
+        from .training.planning import plan_run
+
+        return dataclasses.asdict(plan_run(self._config, self._model_for_shapes(), self.seconds_per_step))
 
     def _refresh(self) -> None:
         d = self.derived_numbers()
@@ -181,15 +175,21 @@ class HyperparameterPanel:
             f"steps per epoch: <b>{show(d['steps_per_epoch'])}</b> · total steps: <b>{show(d['total_steps'])}</b>"
             f"<br>estimated time on this device: <b>{estimate}</b></div>")
 
-    def measure_warmup(self) -> float:
-        """Time one real optimiser step of this config on this device (after one untimed step)."""
+    def measure_warmup(self) -> float | None:
+        """Time one real optimiser step of this config on this device (after one untimed step); a config that
+        cannot train shows why instead."""
+        from .training.planning import measure_step_seconds
+
         self.warmup_button.disabled = True
         self.message.value = "measuring a warm-up step…"
         try:
             self.seconds_per_step = measure_step_seconds(self._config, self.model)
+            self.message.value = ""
+        except Phi3LabError as exc:
+            self.seconds_per_step = None
+            self._show_problem(exc)
         finally:
             self.warmup_button.disabled = False
-            self.message.value = ""
         self._refresh()
         return self.seconds_per_step
 
@@ -199,119 +199,9 @@ class HyperparameterPanel:
         display(self.widget)
 
 
-# ----- helpers the panel uses ---------------------------------------------------------------------
-def weightless_model(name: str):
-    """The model's architecture on the meta device (no weights, no memory); None if its config is unreachable."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from .models import model_source
-
-    try:
-        config = AutoConfig.from_pretrained(model_source(name))
-    except Exception:  # offline without a cached hub config: the panel works without shape numbers
-        return None
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
-
-
-def lora_parameter_count(model, config: TrainConfig) -> int:
-    """Parameters LoRA adds: r x (in + out) for every targeted linear layer (A is r x in, B is out x r)."""
-    import torch
-
-    return sum(config.lora_r * (m.in_features + m.out_features) for n, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in config.target_modules)
-
-
-def training_examples(config: TrainConfig) -> int | None:
-    """Conversations in the training file (90% of them when validation is an automatic split)."""
-    path = config.resolve(config.train_file)
-    if path is None or not Path(path).is_file():
-        return None
-    with open(path, "rb") as handle:
-        lines = sum(1 for line in handle if line.strip())
-    return lines - math.ceil(lines * 0.1) if config.validation_file is None else lines
-
-
-def steps_per_epoch(examples: int, batch_size: int, grad_accum: int) -> int:
-    return max(math.ceil(math.ceil(examples / batch_size) / grad_accum), 1)
-
-
-def measure_step_seconds(config: TrainConfig, model=None) -> float:
-    """Seconds for one optimiser step (batch_size x grad_accum conversations) with this config."""
-    import torch
-    from peft import get_peft_model
-
-    from .data import read_conversations
-    from .models import load_model, load_tokenizer
-    from .training import add_lora, lora_config, make_collator, resolve_speed, tokenize_conversation
-
-    tokenizer = load_tokenizer(config.model)
-    conversations = []
-    for messages in read_conversations(config.resolve(config.train_file)):
-        conversations.append(messages)
-        if len(conversations) == config.batch_size:
-            break
-    rows = [tokenize_conversation(tokenizer, c, config.max_seq_length) for c in conversations]
-    speed = resolve_speed(config, "cuda" if torch.cuda.is_available() else "cpu")
-    batch = make_collator(tokenizer, speed["packing"], speed["attn_implementation"])(
-        [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
-    if model is None:
-        peft_model = add_lora(config, load_model(config.model))
-    else:  # adapters are injected into the caller's model for the measurement and removed afterwards
-        peft_model = get_peft_model(model, lora_config(config))
-    device = next(peft_model.parameters()).device
-    batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
-    optimiser = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=config.learning_rate)
-    peft_model.train()
-    try:
-        seconds = []
-        for _ in range(2):  # the first step pays one-off costs (allocations, kernel selection)
-            start = time.perf_counter()
-            for _ in range(config.grad_accum):
-                peft_model(**batch).loss.backward()
-            optimiser.step()
-            optimiser.zero_grad()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            seconds.append(time.perf_counter() - start)
-    finally:
-        if model is not None:
-            peft_model.unload()
-    return seconds[-1]
-
-
-# ----- live loss plot ------------------------------------------------------------------------------
 def live_loss_plot(title: str | None = None):
-    """A TrainerCallback that redraws the train/validation loss figure in place while training runs."""
-    from transformers import TrainerCallback
+    """Moved to ``phi3lab.plots.live_loss_plot`` (with the other figures); kept here for notebooks that import it
+    from the widgets."""
+    from .plots import live_loss_plot as plot
 
-    from .plots import plot_loss_curves
-
-    class LiveLossPlot(TrainerCallback):
-        """``train`` hands it the run's own history, so a resumed run is plotted from its first step."""
-
-        def __init__(self):
-            self.history = MetricsHistory(source="local")
-            self.handle = None
-
-        def _draw(self):
-            from IPython.display import display
-
-            figure = plot_loss_curves(self.history, title=title)
-            if self.handle is None:
-                self.handle = display(figure, display_id=True)
-            else:
-                self.handle.update(figure)
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self._draw()
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self._draw()
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if {"loss", "eval_loss"} & set(logs or {}):
-                self._draw()
-
-    return LiveLossPlot()
+    return plot(title)

@@ -89,3 +89,22 @@ def test_trainer_log_becomes_the_shared_history_skipping_non_finite_loss():
     history = MetricsHistory.from_trainer_log(log, run="r")
     assert history.series("train") == ([5], [3.0]) and history.series("validation") == ([0], [3.4])
     assert history.records[1]["learning_rate"] == 2e-4 and history.source == "local"
+
+
+def test_live_loss_plot_draws_the_shared_history(monkeypatch):
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj, display_id=None: shown.append(obj) or _Handle(shown))
+    plot = plots.live_loss_plot()
+    plot.history.add(1, "train", 2.0)
+    plot.on_log(None, None, None, logs={"loss": 2.0})
+    plot.history.add(1, "validation", 1.9)
+    plot.on_log(None, None, None, logs={"eval_loss": 1.9})
+    assert len(shown) == 2 and len(shown[-1].axes[0].lines) == 2
+
+
+class _Handle:
+    def __init__(self, shown):
+        self.shown = shown
+
+    def update(self, obj):
+        self.shown.append(obj)
