@@ -18,14 +18,16 @@ from .errors import Phi3LabError
 from .history import MetricsHistory
 from .io import atomic_directory, atomic_write_json
 from .paths import repo_path
-from .training import CONFIG_NAME, HISTORY_NAME, evaluate_last_step
+from .runs import CONFIG_NAME, HISTORY_NAME, run_folder
 
 LABELS_FILE = "labels.json"
 REPORT_FILE = "report.json"
-DEFAULT_OUTPUT = "runs/intent"
+DEFAULT_RUN = "intent"  # the classifier's run folder under the runs root
 # A new head learns faster than LoRA on pre-trained weights needs; the rest comes from the config.
 CLASSIFIER_OVERRIDES = {"learning_rate": 1e-3, "epochs": 3, "batch_size": 16, "max_seq_length": 128,
-                        "output_dir": DEFAULT_OUTPUT}
+                        "run_name": DEFAULT_RUN}
+# What differs from chat training: the task and the head, trained in full since it starts random.
+LORA_OVERRIDES = {"task_type": "SEQ_CLS", "modules_to_save": ["score"]}
 CI_EVAL_LIMIT = 40  # validation examples scored under the CI profile
 # The head reads the hidden state of the last token. Ending every input with the same question makes
 # that token one whose job is to sum up the message (macro-F1 0.827 -> 0.891 on the course data, the
@@ -39,7 +41,7 @@ class ClassifierError(Phi3LabError):
 
 
 def classifier_config(preset: str = "workshop default", **overrides) -> TrainConfig:
-    """The chat training config with the classifier's learning rate, epochs and output folder."""
+    """The chat training config with the classifier's learning rate, epochs and run name."""
     config = default_config(preset)
     values = {key: value for key, value in CLASSIFIER_OVERRIDES.items()
               if not (is_ci_profile() and key in ("batch_size", "max_seq_length"))}
@@ -188,25 +190,22 @@ def _base_classifier(config: TrainConfig, labels: list[str], tokenizer):
 
 
 def new_classifier(config: TrainConfig, labels: list[str]) -> IntentClassifier:
-    from peft import LoraConfig, TaskType, get_peft_model
-
     from .models import load_tokenizer
+    from .training.hf_objects import add_lora
 
     tokenizer = load_tokenizer(config.model)
-    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=config.lora_r, lora_alpha=config.lora_alpha,
-                      lora_dropout=config.lora_dropout, target_modules=list(config.target_modules),
-                      modules_to_save=["score"])
-    model = get_peft_model(_base_classifier(config, labels, tokenizer), lora)
+    model = add_lora(config, _base_classifier(config, labels, tokenizer), **LORA_OVERRIDES)
     return IntentClassifier(model, tokenizer, list(labels), config)
 
 
-def load_classifier(folder: str | Path = DEFAULT_OUTPUT + "/adapter") -> IntentClassifier:
-    """Load a classifier saved by ``train_classifier``; clear errors for missing or mismatched folders."""
+def load_classifier(folder: str | Path | None = None) -> IntentClassifier:
+    """Load a classifier saved by ``train_classifier`` (default: the ``intent`` run's adapter); clear errors for
+    missing or mismatched folders."""
     from peft import PeftModel
 
     from .models import load_tokenizer
 
-    folder = repo_path(folder)
+    folder = run_folder(DEFAULT_RUN).adapter_dir if folder is None else repo_path(folder)
     if not (folder / LABELS_FILE).is_file() or not (folder / "adapter_config.json").is_file():
         raise ClassifierError(f"no intent classifier in {folder} (it needs adapter_config.json and {LABELS_FILE}). "
                               f"Fix: train one with train_classifier() (notebook 04) or pass its folder.")
@@ -242,16 +241,12 @@ def _encode(classifier: IntentClassifier, data: IntentSet) -> list[dict]:
 
 
 def _training_arguments(config: TrainConfig, scratch: str, bf16: bool, progress: bool):
-    from transformers import TrainingArguments
+    """Chat training's arguments, except: no checkpoints (a run takes minutes) and larger evaluation batches
+    (a short message needs little memory)."""
+    from .training.hf_objects import training_arguments
 
-    return TrainingArguments(
-        output_dir=scratch, learning_rate=config.learning_rate, num_train_epochs=config.epochs,
-        max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=max(config.batch_size, 16), gradient_accumulation_steps=config.grad_accum,
-        seed=config.seed, logging_steps=config.logging_steps,
-        warmup_steps=config.warmup_ratio,  # a value below 1 is a fraction of the steps
-        eval_strategy="steps", eval_steps=config.eval_steps, save_strategy="no", report_to=[], bf16=bf16,
-        disable_tqdm=not progress, train_sampling_strategy="group_by_length")
+    return training_arguments(config, scratch, bf16, progress, save_strategy="no",
+                              per_device_eval_batch_size=max(config.batch_size, 16))
 
 
 def _labelled_splits(config: TrainConfig, eval_limit: int | None) -> tuple[IntentSet, IntentSet]:
@@ -282,6 +277,8 @@ def train_classifier(config: TrainConfig | None = None, eval_limit: int | None =
     import torch
     from transformers import DataCollatorWithPadding, Trainer, set_seed
 
+    from .training.trainer import evaluate_last_step
+
     config = config or classifier_config()
     train, validation = _labelled_splits(config, eval_limit)
     set_seed(config.seed)
@@ -297,6 +294,6 @@ def train_classifier(config: TrainConfig | None = None, eval_limit: int | None =
     seconds = time.perf_counter() - started
     report = classifier.evaluate(validation)
     history = MetricsHistory.from_trainer_log(trainer.state.log_history, run="intent classifier")
-    adapter_dir = config.resolve(config.output_dir) / "adapter"
+    adapter_dir = config.run.adapter_dir
     classifier.save(adapter_dir, extras={REPORT_FILE: report.to_dict(), HISTORY_NAME: history.to_dict()})
     return ClassifierRun(classifier, report, history, adapter_dir, seconds)

@@ -23,6 +23,13 @@ def tiny_model(monkeypatch, tiny_model_dir):
     return tiny_model_dir
 
 
+@pytest.fixture(autouse=True)
+def runs_root(tmp_path, monkeypatch):
+    """Classifier runs of these tests live under the test's own runs root."""
+    monkeypatch.setenv("PHI3LAB_RUNS", str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
 @pytest.fixture
 def data(tmp_path):
     return write_chat(tmp_path, "train", 48), write_chat(tmp_path, "validation", 12, offset=1)
@@ -30,7 +37,7 @@ def data(tmp_path):
 
 def config_for(tmp_path, train, validation, **overrides):
     values = {"model": "phi3-tiny-offline", "train_file": str(train), "validation_file": str(validation),
-              "output_dir": str(tmp_path / "intent"), "learning_rate": 5e-3, "epochs": 6, "batch_size": 8,
+              "run_name": "intent", "learning_rate": 5e-3, "epochs": 6, "batch_size": 8,
               "max_steps": -1, "eval_steps": 6, "logging_steps": 3, "lora_r": 4, "lora_alpha": 8, **overrides}
     return classifier.classifier_config(**values)
 
@@ -94,6 +101,7 @@ def test_training_learns_intents_saves_and_loads_the_same_classifier(tiny_model,
     assert steps[-1] >= run.history.series("train")[0][-1] and len(steps) == len(set(steps))  # ends once
 
     folder = run.adapter_dir
+    assert folder == tmp_path / "runs" / "intent" / "adapter"
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "config.yaml",
                  "labels.json", "report.json", "history.json"):
         assert (folder / name).is_file(), name
@@ -103,6 +111,7 @@ def test_training_learns_intents_saves_and_loads_the_same_classifier(tiny_model,
     assert any("lora_A" in k for k in keys)
 
     loaded = classifier.load_classifier(folder)
+    assert classifier.load_classifier().labels == loaded.labels  # by default, the "intent" run's adapter
     texts = ["My controller will not pair", "I want a refund for a game", "The NAT type says strict"]
     assert loaded.labels == run.classifier.labels
     assert loaded.predict(texts) == run.classifier.predict(texts)
@@ -113,6 +122,17 @@ def test_training_learns_intents_saves_and_loads_the_same_classifier(tiny_model,
     older = classifier.load_classifier(folder)
     assert (older.intro, older.question) == ("", "")
     assert older.encode(["wifi"])[0]["input_ids"] == older.tokenizer("wifi")["input_ids"]
+
+
+def test_trainer_arguments_are_chat_trainings_with_the_classifiers_overrides(data, tmp_path):
+    from phi3lab.training.hf_objects import training_arguments
+
+    config = config_for(tmp_path, *data, batch_size=4)
+    chat = training_arguments(config, tmp_path / "chat", bf16=False)
+    intent = classifier._training_arguments(config, str(tmp_path / "intent"), bf16=False, progress=False)
+    assert (intent.learning_rate, intent.num_train_epochs, intent.optim) == (chat.learning_rate, 6, chat.optim)
+    assert intent.save_strategy == "no" != chat.save_strategy
+    assert (intent.per_device_train_batch_size, intent.per_device_eval_batch_size) == (4, 16)
 
 
 def test_head_is_trained_in_full_and_the_backbone_only_through_lora(tiny_model, data, tmp_path):
