@@ -15,7 +15,9 @@ Quality numbers are not timed tests: this script is for maintainers, and its JSO
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -23,8 +25,9 @@ from pathlib import Path
 
 from phi3lab import classifier, evaluation
 from phi3lab.config import default_config
-from phi3lab.history import MetricsHistory
-from phi3lab.training import HISTORY_NAME, load_trained, read_summary, train
+from phi3lab.runs import RUNS_ENV, run_folder
+from phi3lab.training.artifacts import load_trained
+from phi3lab.training.trainer import train
 
 BAR = {"training_minutes": 15.0, "perplexity_drop": 0.30, "macro_f1": 0.85}
 
@@ -41,22 +44,38 @@ def chat_quality(adapter_dir: Path) -> dict:
 
 
 def training_record(adapter_dir: Path) -> dict:
-    summary = read_summary(adapter_dir)
-    steps, losses = MetricsHistory.load(adapter_dir / HISTORY_NAME).series("validation")
+    run = run_folder(adapter_dir)
+    summary = run.summary()
+    steps, losses = run.history().series("validation")
     curve = [(step, round(loss, 4)) for step, loss in zip(steps, losses, strict=True)]
     return {"steps": summary["steps"], "wall_minutes": round(summary["wall_seconds"] / 60, 2),
             "non_pad_tokens_per_second": summary["non_pad_tokens_per_second"], "validation_curve": curve}
 
 
-def intent_quality(seeds: list[int], scratch: Path) -> dict:
+def intent_quality(seeds: list[int]) -> dict:
     runs = {}
     for seed in seeds:
-        run = classifier.train_classifier(classifier.classifier_config(seed=seed, output_dir=str(scratch / f"s{seed}")),
+        run = classifier.train_classifier(classifier.classifier_config(seed=seed, run_name=f"intent-s{seed}"),
                                           progress=False)
         runs[seed] = {"macro_f1": round(run.report.macro_f1, 4), "accuracy": round(run.report.accuracy, 4),
                       "seconds": round(run.seconds, 1)}
     f1 = [r["macro_f1"] for r in runs.values()]
     return {"runs": runs, "macro_f1_mean": round(statistics.mean(f1), 4), "macro_f1_min": min(f1)}
+
+
+@contextlib.contextmanager
+def scratch_runs_root():
+    """Runs of this measurement go to a temporary runs root, so the learner's runs/ is left alone."""
+    before = os.environ.get(RUNS_ENV)
+    with tempfile.TemporaryDirectory(prefix="phi3lab-quality-") as scratch:
+        os.environ[RUNS_ENV] = scratch
+        try:
+            yield Path(scratch)
+        finally:
+            if before is None:
+                os.environ.pop(RUNS_ENV, None)
+            else:
+                os.environ[RUNS_ENV] = before
 
 
 def main() -> None:
@@ -67,12 +86,11 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="phi3lab-quality-") as scratch:
-        scratch = Path(scratch)
-        adapter = args.adapter or train(default_config(args.preset, output_dir=str(scratch / "chat")),
-                                        progress=False).adapter_dir
+    adapter = args.adapter.resolve() if args.adapter else None
+    with scratch_runs_root():
+        adapter = adapter or train(default_config(args.preset, run_name="chat"), progress=False).adapter_dir
         results = {"preset": args.preset, "training": training_record(adapter), "chat": chat_quality(adapter),
-                   "intent": intent_quality(args.seeds, scratch), "bar": BAR}
+                   "intent": intent_quality(args.seeds), "bar": BAR}
     curve = results["training"]["validation_curve"]
     results["verdict"] = {
         "training_within_time": results["training"]["wall_minutes"] <= BAR["training_minutes"],

@@ -1,7 +1,7 @@
 """LoRA training throughput: our training path against a plain baseline, measured in the same run.
 
 Baseline: transformers' Trainer + peft, every conversation padded to the sequence length, default
-settings (default attention, no packing). Ours: ``phi3lab.training.build_trainer`` with the config's
+settings (default attention, no packing). Ours: ``phi3lab.training.trainer.build_trainer`` with the config's
 speed switches (padding-free batches; flash attention, Liger kernels, torch.compile where available).
 
 Each variant runs in its own child process so its peak memory is its own. Measured per variant:
@@ -64,7 +64,7 @@ def rows_for(args, tokenizer, vocab_size: int) -> list[dict]:
     import random
 
     from phi3lab.data import read_conversations
-    from phi3lab.training import IGNORE_INDEX, tokenize_conversation
+    from phi3lab.training.chat_format import IGNORE_INDEX, tokenize_conversation
 
     needed = (args.steps + args.warmup_steps) * args.batch_size
     if args.synthetic_long:
@@ -137,11 +137,11 @@ def run_variant(args, variant: str) -> dict:
 
     from phi3lab.config import TrainConfig
     from phi3lab.models import OFFLINE_MODEL, linear_layer_names, load_tokenizer, pick_device
-    from phi3lab.training import (
-        IGNORE_INDEX,
+    from phi3lab.training.chat_format import IGNORE_INDEX
+    from phi3lab.training.hf_objects import lora_config
+    from phi3lab.training.trainer import (
         ThroughputMeter,
         build_trainer,
-        lora_config,
         metered_trainer_class,
         peak_memory,
         resolve_speed,

@@ -15,17 +15,12 @@ import pytest
 from phi3lab.config import TrainConfig
 from phi3lab.errors import ConfigError, Phi3LabError
 from phi3lab.models import OFFLINE_MODEL, load_tokenizer
-from phi3lab.training import (
-    IGNORE_INDEX,
-    TrainingError,
-    complete_checkpoints,
-    load_merged,
-    load_trained,
-    merge_and_save,
-    resolve_speed,
-    tokenize_conversation,
-    train,
-)
+from phi3lab.runs import CONFIG_NAME
+from phi3lab.training import TrainingError
+from phi3lab.training.artifacts import load_merged, load_trained, merge_and_save
+from phi3lab.training.chat_format import IGNORE_INDEX, tokenize_conversation
+from phi3lab.training.checkpoints import complete_checkpoints
+from phi3lab.training.trainer import resolve_speed, train
 
 SYSTEM = "You are a support assistant for Contoso."
 CONVERSATION = [
@@ -48,6 +43,13 @@ PHI3_TEMPLATE = (
 @pytest.fixture(scope="module")
 def tokenizer():
     return load_tokenizer(OFFLINE_MODEL)
+
+
+@pytest.fixture(autouse=True)
+def runs_root(tmp_path, monkeypatch):
+    """Every run of these tests lives under the test's own runs root."""
+    monkeypatch.setenv("PHI3LAB_RUNS", str(tmp_path / "runs"))
+    return tmp_path / "runs"
 
 
 def trained_text(tokenizer, row) -> str:
@@ -76,7 +78,7 @@ def tiny_config(folder: Path, **overrides) -> TrainConfig:
     values = dict(model=OFFLINE_MODEL, train_file=str(train_file), validation_file=str(validation_file),
                   max_steps=4, batch_size=2, max_seq_length=64, lora_r=4, lora_alpha=8,
                   target_modules=["qkv_proj", "o_proj"], eval_steps=2, save_steps=1, logging_steps=1,
-                  output_dir=str(folder / "run"))
+                  run_name="run")
     return TrainConfig.create(**{**values, **overrides})
 
 
@@ -124,7 +126,7 @@ def test_invalid_data_is_refused_with_its_line(tmp_path):
     Path(config.train_file).write_text('{"messages": [{"role": "user", "content": "hi"}]}\nnot json\n')
     with pytest.raises(Phi3LabError, match="line 2"):
         train(config)
-    assert not (tmp_path / "run" / "adapter").exists()
+    assert not config.run.adapter_dir.exists()
 
 
 def test_unknown_target_modules_list_the_real_ones(tmp_path):
@@ -155,44 +157,55 @@ def run_cli(config_file: Path, **kwargs) -> subprocess.Popen:
 def test_sigkill_then_rerun_resumes_to_the_same_step_count(tmp_path):
     config = tiny_config(tmp_path, gradient_checkpointing=True)
     config_file = config.save(tmp_path / "config.yaml")
-    output_dir = Path(config.output_dir)
+    run = config.run
 
     first = run_cli(config_file)
     deadline = time.monotonic() + 240
-    while not complete_checkpoints(output_dir) and first.poll() is None and time.monotonic() < deadline:
+    while not complete_checkpoints(run) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert complete_checkpoints(output_dir), first.communicate()[0][-3000:]
+    assert complete_checkpoints(run), first.communicate()[0][-3000:]
     first.send_signal(signal.SIGKILL)
     first.wait()
-    killed_at = int(complete_checkpoints(output_dir)[-1].name.split("-")[1])
-    assert killed_at < config.max_steps and not (output_dir / "adapter").exists()  # killed mid-way
+    killed_at = int(complete_checkpoints(run)[-1].name.split("-")[1])
+    assert killed_at < config.max_steps and not run.adapter_dir.exists()  # killed mid-way
+    assert TrainConfig.load(run.config_file) == config  # the hand-off file exists before the run ends
 
     second = run_cli(config_file)
     out, _ = second.communicate(timeout=300)
     assert second.returncode == 0, out[-3000:]
-    summary = json.loads((output_dir / "adapter" / "summary.json").read_text())
+    summary = json.loads(run.summary_file.read_text())
     assert summary["steps"] == config.max_steps
     assert summary["resumed_from_step"] == killed_at >= 1
-    history = json.loads((output_dir / "adapter" / "history.json").read_text())
+    history = json.loads(run.history_file.read_text())
     train_steps = [r["step"] for r in history["records"] if r["split"] == "train"]
     assert train_steps == list(range(1, config.max_steps + 1))  # nothing lost, nothing repeated
     validation_steps = [r["step"] for r in history["records"] if r["split"] == "validation"]
     assert validation_steps[0] == 0 and validation_steps.count(0) == 1  # the base model, scored once
-    assert len(complete_checkpoints(output_dir)) <= 2 and not (output_dir / ".staging").exists()
-    for folder in complete_checkpoints(output_dir) + [output_dir / "adapter"]:
+    assert len(complete_checkpoints(run)) <= 2 and not run.staging_dir.exists()
+    for folder in complete_checkpoints(run) + [run.adapter_dir]:
         assert {"adapter_model.safetensors", "tokenizer.json", "config.yaml", "history.json"} <= {
             p.name for p in folder.iterdir()}
 
 
 def test_trained_adapter_loads_merges_and_reloads(tmp_path, tokenizer):
     import torch
+    from transformers import TrainerCallback
 
     config = tiny_config(tmp_path, max_steps=2, eval_steps=2, save_steps=2, seed=7)
-    result = train(config, progress=False)
+    configs_at_first_step = []
+
+    class ReadTheHandOff(TrainerCallback):  # what notebooks 03-05 would read while the run is going
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 0:
+                configs_at_first_step.append(TrainConfig.load(config.run.config_file))
+
+    result = train(config, callbacks=[ReadTheHandOff()], progress=False)
+    assert configs_at_first_step == [config]
     assert result.summary["steps"] == 2 and result.summary["non_pad_tokens_per_second"] > 0
     assert result.summary["final_validation_loss"] is not None
     assert result.history.series("validation")[0] == [0, 2]  # the curve starts at the untrained model
-    assert result.adapter_dir == tmp_path / "run" / "adapter"
+    assert result.run == config.run and result.adapter_dir == config.run.adapter_dir
+    assert result.adapter_dir.parent.parent == tmp_path / "runs"  # under PHI3LAB_RUNS
     model, loaded_tokenizer = load_trained(result.adapter_dir)
     merged_dir = merge_and_save(result.adapter_dir, tmp_path / "merged")
     merged, _ = load_merged(merged_dir)
@@ -209,14 +222,14 @@ def test_adapter_of_another_base_model_gives_a_clear_error(tmp_path):
     from peft import get_peft_model
     from transformers import Phi3Config, Phi3ForCausalLM
 
-    from phi3lab.training import lora_config
+    from phi3lab.training.hf_objects import lora_config
 
     config = TrainConfig(model=OFFLINE_MODEL, lora_r=4, target_modules=["qkv_proj"])
     other = Phi3ForCausalLM(Phi3Config(hidden_size=64, intermediate_size=128, num_hidden_layers=30,
                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=49152))
     folder = tmp_path / "adapter"
     get_peft_model(other, lora_config(config)).save_pretrained(folder)
-    config.save(folder / "config.yaml")
+    config.save(folder / CONFIG_NAME)
     with pytest.raises(TrainingError, match="another base model"):
         load_trained(folder)
 
@@ -227,7 +240,8 @@ def test_missing_adapter_folder_is_a_clear_error(tmp_path):
 
 
 def test_non_pad_lengths_of_padded_and_flattened_batches(tokenizer):
-    from phi3lab.training import make_collator, sequence_lengths
+    from phi3lab.training.chat_format import make_collator
+    from phi3lab.training.trainer import sequence_lengths
 
     rows = [tokenize_conversation(tokenizer, c, 512) for c in (CONVERSATION, CONVERSATION[:3])]
     features = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]
@@ -238,3 +252,14 @@ def test_non_pad_lengths_of_padded_and_flattened_batches(tokenizer):
     assert sequence_lengths(padded) == sequence_lengths(flat) == real
     # padding-free: the second conversation's first label is masked, so nothing is predicted across the seam
     assert flat["labels"][0, real[0]].item() == IGNORE_INDEX
+
+
+def test_planned_examples_match_the_automatic_split_training_uses(tmp_path, tokenizer):
+    from phi3lab.training.chat_format import load_splits
+    from phi3lab.training.planning import training_examples
+
+    config = tiny_config(tmp_path, validation_file=None)
+    write_chat_files(tmp_path, n_train=23)
+    train_set, validation_set = load_splits(config, tokenizer)
+    assert (len(train_set), len(validation_set)) == (20, 3)
+    assert training_examples(config) == len(train_set)

@@ -9,6 +9,8 @@ def register(commands) -> None:
     train = commands.add_parser("train", help="fine-tune with LoRA exactly as notebook 02 does")
     train.add_argument("--config", metavar="FILE", help="TrainConfig as YAML/JSON (default: the workshop preset)")
     train.add_argument("--preset", default="workshop default", help="preset used when no --config is given")
+    train.add_argument("--run-name", metavar="NAME",
+                       help="the run's folder under the runs root (PHI3LAB_RUNS, default runs/); overrides the config")
     train.add_argument("--fresh", action="store_true", help="ignore existing checkpoints and start over")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     train.set_defaults(handler=run_train)
@@ -16,7 +18,7 @@ def register(commands) -> None:
     generate = commands.add_parser("generate", help="chat with a base model, a trained adapter or a merged model")
     source = generate.add_mutually_exclusive_group()
     source.add_argument("--model", help="catalog model name (default: the machine's default model)")
-    source.add_argument("--adapter", metavar="DIR", help="adapter folder written by training (<output_dir>/adapter)")
+    source.add_argument("--adapter", metavar="DIR", help="adapter folder written by training (runs/<run name>/adapter)")
     source.add_argument("--merged", metavar="DIR", help="folder written by merge_and_save")
     generate.add_argument("--prompt", action="append", help="one user message (repeatable); omit to chat on stdin")
     generate.add_argument("--system", help="system message")
@@ -27,9 +29,11 @@ def register(commands) -> None:
 
 def run_train(args) -> int:
     from ..config import TrainConfig, default_config
-    from ..training import describe_summary, train
+    from ..training.trainer import describe_summary, train
 
     config = TrainConfig.load(args.config) if args.config else default_config(args.preset)
+    if args.run_name:
+        config = config.update(run_name=args.run_name)
     result = train(config, resume=not args.fresh, progress=not args.no_progress)
     print(describe_summary(result.summary))
     print(f"adapter saved to {result.adapter_dir}")
@@ -38,7 +42,7 @@ def run_train(args) -> int:
 
 def _load(args):
     from ..models import load_model, load_tokenizer
-    from ..training import load_merged, load_trained
+    from ..training.artifacts import load_merged, load_trained
 
     if args.adapter:
         return load_trained(args.adapter)
