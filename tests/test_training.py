@@ -263,3 +263,25 @@ def test_planned_examples_match_the_automatic_split_training_uses(tmp_path, toke
     train_set, validation_set = load_splits(config, tokenizer)
     assert (len(train_set), len(validation_set)) == (20, 3)
     assert training_examples(config) == len(train_set)
+
+
+def test_cli_run_name_overrides_the_configs_run(tmp_path, monkeypatch, capsys):
+    from phi3lab.cli import main
+    from phi3lab.training import trainer
+    from phi3lab.training.trainer import TrainResult
+
+    seen = []
+
+    def fake_train(config, resume=True, progress=True):  # the real run is covered above
+        seen.append(config)
+        summary = {"steps": 1, "resumed_from_step": 0, "device": "cpu", "dtype": "float32",
+                   "non_pad_tokens_per_second": 1.0, "trained_tokens": 1, "peak_memory_bytes": 0,
+                   "peak_memory_kind": "-", "wall_seconds": 1.0, "final_train_loss": 1.0, "final_validation_loss": None}
+        return TrainResult(output_dir=config.run.folder, adapter_dir=config.run.adapter_dir, history=None,
+                           summary=summary)
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    config_file = tiny_config(tmp_path).save(tmp_path / "config.yaml")
+    assert main(["train", "--config", str(config_file), "--run-name", "experiments/lr-high", "--no-progress"]) == 0
+    assert seen[0].run_name == "experiments/lr-high"
+    assert str(tmp_path / "runs" / "experiments" / "lr-high" / "adapter") in capsys.readouterr().out
