@@ -26,7 +26,7 @@ from phi3lab.data import read_conversations
 from phi3lab.evaluation import language_metrics
 from phi3lab.models import OFFLINE_MODEL, load_model, load_tokenizer
 from phi3lab.paths import DATA_DIR
-from phi3lab.training import IGNORE_INDEX, tokenize_conversation
+from phi3lab.training.chat_format import IGNORE_INDEX, tokenize_conversation
 
 GOAL_SECONDS = 60.0
 

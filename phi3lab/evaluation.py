@@ -3,7 +3,7 @@
 Metrics (all on the validation conversations):
 
 * **perplexity** and **next-token accuracy** on the assistant's tokens only, the same tokens
-  training learns (masks from ``phi3lab.training.tokenize_conversation``);
+  training learns (masks from ``phi3lab.training.chat_format.tokenize_conversation``);
 * **token F1** and **ROUGE-L** between each generated reply and the reference reply.
 """
 
@@ -24,7 +24,7 @@ from .config import is_ci_profile
 from .errors import Phi3LabError
 from .paths import repo_path
 from .runs import RunFolder
-from .training import IGNORE_INDEX, tokenize_conversation
+from .training.chat_format import IGNORE_INDEX, tokenize_conversation
 
 DEFAULT_VALIDATION = "data/validation.jsonl"
 CI_LIMIT = 12  # validation conversations scored under the CI profile
@@ -335,6 +335,6 @@ def compare(model, tokenizer, conversations: list[list[dict]], base=None, max_ne
             before = evaluate_model(model, tokenizer, conversations, names[0], max_new_tokens)
     else:
         raise EvaluationError("compare() needs the base model: pass base=..., or a peft model whose adapter can be "
-                              "switched off (load it with phi3lab.training.load_trained(adapter_dir)).")
+                              "switched off (load it with phi3lab.training.artifacts.load_trained(adapter_dir)).")
     prompts = [next(m["content"] for m in reversed(c[:-1]) if m["role"] == "user") for c in conversations]
     return Comparison(before, tuned, prompts)

@@ -32,7 +32,7 @@ def run_to_evaluate(run: str | os.PathLike | RunFolder | None = None, preset: st
     if latest is not None:
         print(f"Evaluating run '{latest.name}' (the latest finished run; its adapter is in {latest.adapter_dir})")
         return latest
-    from .training import train
+    from .training.trainer import train
 
     config = default_config(preset, run_name=FALLBACK_RUN)
     print(f"No finished run yet (notebook 02 not run): training a short one now in run '{FALLBACK_RUN}' "
@@ -89,7 +89,7 @@ def run_experiment(variants: dict[str, dict], preset: str = "quick look", root: 
     """Train one short run per variant (``{name: {setting: value}}``, changes to the preset) and
     collect their validation losses. Each run starts fresh in the run ``<root>/<name>``."""
     from .evaluation import load_validation
-    from .training import train
+    from .training.trainer import train
 
     scoring = {}
     if is_ci_profile():  # score on the same few conversations load_validation() gives under CI

@@ -87,6 +87,11 @@ class RunFolder:
         return self.folder / ADAPTER_NAME
 
     @property
+    def merged_dir(self) -> Path:
+        """Where ``merge_and_save`` puts the standalone model (base weights with the adapter folded in)."""
+        return self.folder / "merged"
+
+    @property
     def history_file(self) -> Path:
         return self.adapter_dir / HISTORY_NAME
 
@@ -160,6 +165,8 @@ def training_runs(finished_only: bool = True, nested: bool = True) -> list[RunFo
     for config in root.rglob(CONFIG_NAME):
         run = RunFolder(config.parent)
         parts = run.folder.relative_to(root).parts
+        if not parts:  # a config.yaml lying in the runs root itself is no run
+            continue
         if run.name == ADAPTER_NAME or CHECKPOINT_RE.match(run.name) or STAGING_NAME in parts:
             continue
         if parts[0] in SERVICE_FOLDERS or (not nested and len(parts) > 1):

@@ -52,7 +52,7 @@ def test_a_named_run_without_adapter_is_a_clear_error(runs_root):
 
 
 def test_missing_run_trains_a_short_one_elsewhere_and_says_so(runs_root, capsys, monkeypatch):
-    import phi3lab.training as training
+    import phi3lab.training.trainer as training
 
     seen = []
 
