@@ -3,8 +3,8 @@
 ``run_course`` executes every notebook in order in a fresh kernel each (the learner's defaults
 unless a profile such as ``"ci"`` is given) and writes an executed copy plus an HTML page per
 notebook into ``course-runs/<timestamp>/``. ``secret_findings`` scans a notebook's sources and
-outputs for keys, tokens and subscription IDs; the course run, the nbval run and the hygiene
-tests all use it.
+outputs for keys, tokens and subscription IDs with the patterns of ``phi3lab.secrets`` (the same
+ones that mask runtime output); the course run, the nbval run and the hygiene tests all use it.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import nbformat
 from .errors import Phi3LabError
 from .io import atomic_write_json, atomic_write_text
 from .paths import REPO_ROOT
+from .secrets import find_secrets
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 COURSE_RUNS_DIR = REPO_ROOT / "course-runs"
@@ -36,46 +37,9 @@ class CourseError(Phi3LabError):
 
 
 # ----- secrets -------------------------------------------------------------------------------
-_GUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-
-# Public identifiers that are the same in every tenant, so printing them reveals nothing:
-# the all-zero placeholder and Azure built-in role definitions the course names.
-PUBLIC_GUIDS = {
-    "00000000-0000-0000-0000-000000000000",
-    "64702f94-c441-49e6-a78b-ef80e0188fee",  # Azure AI Developer
-    "8e3af657-a8ff-443c-a75c-2fe8c4bcb635",  # Owner
-    "b24988ac-6180-42a0-ab88-20f7382dd24c",  # Contributor
-    "acdd72a7-3385-48ef-bd42-f606fba81ae7",  # Reader
-}
-
-SECRET_PATTERNS: dict[str, re.Pattern] = {
-    "GUID (subscription, tenant or client ID)": re.compile(rf"(?<![0-9a-fA-F-]){_GUID}(?![0-9a-fA-F-])"),
-    "bearer token": re.compile(r"\bBearer\s+[A-Za-z0-9\-._~+/]{16,}=*"),
-    "JSON web token": re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
-    "storage account key": re.compile(r"(?i)\b(?:AccountKey|SharedAccessKey)\s*=\s*[A-Za-z0-9+/]{16,}"),
-    "SAS signature": re.compile(r"(?i)[?&]sig=[A-Za-z0-9%+/]{16,}"),
-    "named key or secret": re.compile(
-        r"(?i)\b(?:api[_-]?key|access[_-]?key|primary[_-]?key|secondary[_-]?key|client[_-]?secret|secret|password"
-        r"|access[_-]?token|auth[_-]?token|sas[_-]?token)[\"']?\s*[:=]\s*[\"']?"
-        r"(?=[A-Za-z0-9+/_\-]*\d)(?=[A-Za-z0-9+/_\-]*[A-Za-z])[A-Za-z0-9+/_\-]{16,}"
-    ),
-    "provider token": re.compile(r"\b(?:hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{30,})"),
-}
-
 # Output formats that carry text a reader sees; images and widget references are skipped
 # (base64 and widget model IDs are long random strings that would look like keys).
 _TEXT_MIMES = ("text/plain", "text/html", "text/markdown", "text/latex", "application/json")
-
-
-def find_secrets(text: str) -> list[tuple[str, str]]:
-    """(kind, masked match) for every secret-looking string in ``text``."""
-    found = []
-    for kind, pattern in SECRET_PATTERNS.items():
-        for match in pattern.finditer(text):
-            value = match.group(0)
-            if value.lower() not in PUBLIC_GUIDS:
-                found.append((kind, value[:6] + "…"))
-    return found
 
 
 def _output_texts(output) -> Iterator[str]:

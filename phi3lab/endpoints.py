@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from .errors import Phi3LabError
 from .generation import prompt_messages
 from .monitoring import CallLog, default_log, percentile
+from .secrets import mask_secrets
 
 Prompt = str | list[dict]
 
@@ -94,7 +95,7 @@ class LocalEndpoint:
         data = _json_or_none(reply)
         if reply.status_code != 200 or not data:
             message = ((data or {}).get("error") or {}).get("message") or reply.text[:300]
-            return CallResult(_last_user(messages), None, latency, reply.status_code, error=message)
+            return CallResult(_last_user(messages), None, latency, reply.status_code, error=mask_secrets(message))
         usage = data.get("usage") or {}
         return CallResult(_last_user(messages), data["choices"][0]["message"]["content"], latency, 200,
                           usage.get("prompt_tokens"), usage.get("completion_tokens"))
@@ -155,8 +156,6 @@ def _last_user(messages: list[dict]) -> str:
 
 
 def _failed(messages: list[dict], start: float, status, error: str) -> CallResult:
-    from .azure.settings import mask_secrets
-
     return CallResult(_last_user(messages), None, time.perf_counter() - start, status, error=mask_secrets(error)[:500])
 
 

@@ -1,9 +1,10 @@
 """A local log of every endpoint call the course makes, and summaries of it.
 
-One JSON object per line in ``runs/monitoring/endpoint_calls.jsonl``: time, endpoint name and kind,
-the prompt, latency, token counts, status, and an error message when there was one. Keys and
-headers are never written: a record is built field by field from the call's result, and error
-text passes through ``mask_secrets`` first.
+One JSON object per line in ``runs/monitoring/endpoint_calls.jsonl`` (``phi3lab.runs.call_log_file``,
+under ``PHI3LAB_RUNS`` when set): time, endpoint name and kind, the prompt, latency, token counts,
+status, and an error message when there was one. Keys and headers are never written: a record is
+built field by field from the call's result, and prompt and error text pass through
+``phi3lab.secrets.mask_secrets`` first.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .paths import RUNS_DIR
+from .runs import call_log_file
+from .secrets import mask_secrets
 
-DEFAULT_LOG = RUNS_DIR / "monitoring" / "endpoint_calls.jsonl"
 PROMPT_CHARS = 500  # enough to recognise a prompt; keeps the log small
 
 # What to watch in production, shown by the notebook next to the plots.
@@ -30,16 +31,14 @@ PRODUCTION_SIGNALS = {
 
 
 class CallLog:
-    """Appends call records to a JSONL file (``path=None`` keeps them in memory only)."""
+    """Appends call records to a JSONL file (``path=None`` keeps them in memory only; see ``default_log``)."""
 
-    def __init__(self, path: str | Path | None = DEFAULT_LOG):
+    def __init__(self, path: str | Path | None):
         self.path = Path(path) if path else None
         self.records: list[dict] = []
         self._lock = threading.Lock()
 
     def record(self, endpoint, result) -> dict:
-        from .azure.settings import mask_secrets
-
         entry = {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "endpoint": endpoint.name,
@@ -67,16 +66,17 @@ _DEFAULT: CallLog | None = None
 
 
 def default_log() -> CallLog:
-    """The course's shared call log (one per process)."""
+    """The course's shared call log: one per process and runs root (``PHI3LAB_RUNS`` is read on every call)."""
     global _DEFAULT
-    if _DEFAULT is None:
-        _DEFAULT = CallLog(DEFAULT_LOG)
+    path = call_log_file()
+    if _DEFAULT is None or _DEFAULT.path != path:
+        _DEFAULT = CallLog(path)
     return _DEFAULT
 
 
-def read_log(path: str | Path = DEFAULT_LOG, since: datetime | None = None) -> list[dict]:
-    """Records from a call log, oldest first; lines that are not valid JSON records are skipped."""
-    path = Path(path)
+def read_log(path: str | Path | None = None, since: datetime | None = None) -> list[dict]:
+    """Records from a call log (default: the course's), oldest first; lines that are not valid JSON records are skipped."""
+    path = Path(path) if path else call_log_file()
     if not path.is_file():
         return []
     records = []

@@ -17,6 +17,7 @@ import uuid
 from azure.core.credentials import AccessToken, AccessTokenInfo
 
 from phi3lab.azure.dryrun import RecordedRequest, RecordingTransport, Reply
+from phi3lab.azure.roles import AZURE_AI_DEVELOPER
 from phi3lab.azure.settings import AzureSettings
 
 SUBSCRIPTION = "11111111-2222-3333-4444-555555555555"
@@ -63,7 +64,7 @@ class FakeAzure:
     """
 
     def __init__(self, *, region: str = "eastus2", provider_state: str = "NotRegistered",
-                 roles: tuple[str, ...] = ("64702f94-c441-49e6-a78b-ef80e0188fee",),
+                 roles: tuple[str, ...] = (AZURE_AI_DEVELOPER,),
                  model_regions: dict[str, object] | None = None,
                  job_statuses: tuple[str, ...] = ("NotStarted", "Running", "Completed"),
                  job_error: str = "Training data has 0 valid lines"):

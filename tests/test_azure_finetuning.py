@@ -15,6 +15,7 @@ from phi3lab.azure.monitor import (
     metrics_history,
     monitor_job,
 )
+from phi3lab.azure.roles import AZURE_AI_DEVELOPER
 from phi3lab.azure.schemas import SchemaError, validate_job_body
 from phi3lab.config import TrainConfig
 
@@ -232,7 +233,7 @@ def test_401_gives_the_login_hint():
 def test_403_gives_the_rbac_hint():
     fake = FakeAzure()
     fake.transport.route("GET", r"/jobs/", lambda r, m: error(403, "AuthorizationFailed", "no access"))
-    with pytest.raises(Exception, match="Azure AI Developer.*64702f94-c441-49e6-a78b-ef80e0188fee"):
+    with pytest.raises(Exception, match=f"Azure AI Developer.*{AZURE_AI_DEVELOPER}"):
         monitor_job(_submitted(fake), _ml(fake), progress=None)
 
 

@@ -6,11 +6,10 @@ import pytest
 from azure_fakes import PRINCIPAL, SETTINGS, SUBSCRIPTION, FakeAzure, error
 
 from phi3lab.azure.prerequisites import NO_SETTINGS, parse_regions, register_provider, run_checks
+from phi3lab.azure.roles import AZURE_AI_DEVELOPER, OWNER
 from phi3lab.azure.scaleout import accelerate_command, environment_spec, submit_training_job
 from phi3lab.cli import main
 from phi3lab.config import TrainConfig
-
-OWNER = "8e3af657-a8ff-443c-a75c-2fe8c4bcb635"
 
 
 def checks(fake, model="phi-3-mini-4k-instruct"):
@@ -59,7 +58,7 @@ def test_registration_dry_run_sends_nothing_and_masks_the_subscription():
 def test_owner_counts_and_no_role_fails_with_the_rbac_hint():
     assert checks(FakeAzure(roles=(OWNER,))).checks[2].status == "pass"
     role = checks(FakeAzure(roles=())).checks[2]
-    assert role.status == "fail" and "64702f94-c441-49e6-a78b-ef80e0188fee" in role.fix
+    assert role.status == "fail" and AZURE_AI_DEVELOPER in role.fix
 
 
 def test_wrong_region_fails_and_names_east_us_2():
@@ -125,5 +124,12 @@ def test_training_job_dry_run_and_confirmed_put(tmp_path):
     assert put.method == "PUT" and props["jobType"] == "Command"
     assert props["computeId"].endswith("/computes/gpu-a100")
     assert "accelerate launch --num_processes 2" in props["command"] and "${{inputs.config}}" in props["command"]
-    assert TrainConfig.load(tmp_path / "job.yaml").output_dir == "outputs/lora"
+    assert props["environmentVariables"] == {"PHI3LAB_RUNS": "outputs"}  # Azure ML keeps what lands in outputs/
+    assert TrainConfig.load(tmp_path / "job.yaml") == config
     assert SUBSCRIPTION not in dry.summary()
+
+
+def test_training_job_config_defaults_under_the_runs_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("PHI3LAB_RUNS", str(tmp_path))
+    submit_training_job(TrainConfig(), settings=SETTINGS)
+    assert (tmp_path / "azure" / "train-job" / "config.yaml").is_file()

@@ -3,6 +3,7 @@
 import pytest
 
 from phi3lab.azure.dryrun import RecordingTransport, Reply
+from phi3lab.azure.roles import AZURE_AI_DEVELOPER
 from phi3lab.azure.settings import AzureSettingsError, load_settings, mask, mask_secrets, settings_state
 
 SUB = "12345678-90ab-cdef-1234-567890abcdef"
@@ -39,9 +40,25 @@ def test_repr_and_text_never_show_the_subscription(tmp_path):
     assert SUB not in repr(settings) and SUB not in str(settings)
     assert mask(SUB) == "1234…"
     text = mask_secrets(f"/subscriptions/{SUB}/x Authorization: Bearer eyJhbGciOi.eyJvaWQiOiJ4In0.sig "
-                        f"key=supersecretvalue primaryKey\": \"abcdef123456\" role 64702f94-c441-49e6-a78b-ef80e0188fee")
-    assert SUB not in text and "supersecretvalue" not in text and "abcdef123456" not in text and "eyJ" not in text
-    assert "64702f94-c441-49e6-a78b-ef80e0188fee" in text  # public role ids stay readable
+                        f"key=supersecret42value primaryKey\": \"abcdef123456\" role {AZURE_AI_DEVELOPER}")
+    assert SUB not in text and "supersecret42value" not in text and "abcdef123456" not in text and "eyJ" not in text
+    assert AZURE_AI_DEVELOPER in text  # public role ids stay readable
+
+
+def test_a_yaml_error_names_the_line_but_never_its_content(tmp_path):
+    file = tmp_path / "azure-settings.yaml"
+    file.write_text(f"resource_group: rg\nsubscription_id {SUB}: [\n  key1: 4f3e2d1c0b9a88776655443322110ffe\n")
+    with pytest.raises(AzureSettingsError, match=r"line \d+, column \d+") as failure:
+        load_settings(file, environ={})
+    assert SUB not in str(failure.value) and SUB[:8] not in str(failure.value) and "4f3e2d1c" not in str(failure.value)
+
+
+def test_a_secret_pasted_as_a_setting_name_is_masked(tmp_path):
+    file = tmp_path / "azure-settings.yaml"
+    file.write_text(f"{SUB}: x\n")
+    with pytest.raises(AzureSettingsError, match="unknown setting") as failure:
+        load_settings(file, environ={})
+    assert SUB not in str(failure.value)
 
 
 def test_recording_transport_routes_and_records():

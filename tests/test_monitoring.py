@@ -8,7 +8,7 @@ import json
 from matplotlib.figure import Figure
 
 from phi3lab.endpoints import AzureEndpoint, CallResult, LocalEndpoint
-from phi3lab.monitoring import CallLog, percentile, read_log, summarize
+from phi3lab.monitoring import CallLog, default_log, percentile, read_log, summarize
 from phi3lab.plots import plot_endpoint_calls
 
 KEY = "0123456789abcdef0123456789abcdef"
@@ -30,6 +30,22 @@ def test_records_have_the_fields_and_never_the_key(tmp_path):
     assert set(first) == {"time", "endpoint", "kind", "prompt", "latency_s", "prompt_tokens", "completion_tokens",
                           "status", "error"}
     assert (first["kind"], first["status"], first["completion_tokens"]) == ("azure", 200, 5)
+
+
+def test_the_course_log_follows_the_runs_root_set_after_import(tmp_path, monkeypatch):
+    monkeypatch.setenv("PHI3LAB_RUNS", str(tmp_path / "a"))
+    default_log().record(LocalEndpoint("http://h"), _result(0))
+    monkeypatch.setenv("PHI3LAB_RUNS", str(tmp_path / "b"))
+    default_log().record(LocalEndpoint("http://h"), _result(1))
+    assert (tmp_path / "a" / "monitoring" / "endpoint_calls.jsonl").is_file()
+    assert [r["prompt"] for r in read_log()] == ["prompt 1"]  # read_log() reads the log of the current root
+
+
+def test_prompts_and_errors_are_masked(tmp_path):
+    log = CallLog(None)
+    entry = log.record(LocalEndpoint("http://h"), CallResult(f"my key is api_key={KEY}", None, 0.1, 401,
+                                                             error=f"Authorization: Bearer {KEY}"))
+    assert KEY not in entry["prompt"] and KEY not in entry["error"]
 
 
 def test_concurrent_writers_never_interleave_lines(tmp_path):

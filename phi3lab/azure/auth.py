@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from ..errors import Phi3LabError
-from .settings import AzureSettings, load_settings
+from .settings import SETTINGS_HINT, AzureSettings, AzureSettingsError, load_settings
 
 CredentialKind = Literal["auto", "cli", "device_code", "environment"]
 
@@ -42,8 +42,7 @@ def get_credential(kind: CredentialKind = "auto"):
 def require_settings(settings: AzureSettings | None = None) -> AzureSettings:
     settings = settings or load_settings()
     if settings is None:
-        raise Phi3LabError("no Azure settings: set AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP and "
-                           "AZURE_AI_PROJECT (or write azure-settings.yaml at the repository root)")
+        raise AzureSettingsError(f"no Azure settings: {SETTINGS_HINT}")
     return settings
 
 

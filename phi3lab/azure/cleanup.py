@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from ..errors import Phi3LabError
 from .deployment import COURSE_TAGS, wait_for
+from .guard import strict_confirm
 from .service import AzureNotFoundError, azure_errors, service_message
 from .settings import AzureSettings, load_settings
 
@@ -105,7 +106,11 @@ def list_course_resources(ml) -> list[CourseResource]:
 
 def cleanup_azure(settings: AzureSettings | None = None, *, confirm: bool = False, timeout: float = 900.0,
                   credential=None, transport=None) -> CleanupReport:
-    """List the course's Azure resources; with ``confirm=True`` cancel, delete and archive them in order."""
+    """List the course's Azure resources; with ``confirm=True`` cancel, delete and archive them in order.
+
+    Without settings there is nothing the course could have created, so even ``confirm=True`` only explains.
+    """
+    act = strict_confirm(confirm)
     settings = settings or load_settings()
     if settings is None:
         return CleanupReport(True, note=(
@@ -117,7 +122,7 @@ def cleanup_azure(settings: AzureSettings | None = None, *, confirm: bool = Fals
 
     ml = ml_client(settings, credential=credential, transport=transport)
     resources = list_course_resources(ml)
-    if not confirm:
+    if not act:
         return CleanupReport(True, resources)
     for resource in resources:
         resource.outcome = _act(ml, resource, timeout)

@@ -20,15 +20,18 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import Phi3LabError
-from .dryrun import DryRunCredential, RecordedRequest, RecordingTransport, Reply, show_requests
+from ..secrets import mask
+from .dryrun import RecordedRequest, accepting, dry_run, show_requests
+from .guard import confirmed
 from .service import azure_errors
-from .settings import AzureSettings, load_settings, mask
+from .settings import PLACEHOLDER_SETTINGS, AzureSettings, load_settings
 
 ENDPOINT_NAME_RULE = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{0,51}$")
 DEFAULT_ENDPOINT = "phi3lab-chat"
 FINETUNED_MODEL = "phi3lab-ft"  # the registered-model name the course's fine-tuning job writes
 COURSE_TAGS = {"course": "phi3lab"}  # how cleanup recognises what the course created
 DEPLOY_TIMEOUT_S = 1800.0
+ENDPOINT_TYPE = "Microsoft.MachineLearningServices/workspaces/serverlessEndpoints"
 
 # The serverless-endpoint API is marked experimental in the pinned SDK; its notice is noise here.
 logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
@@ -116,13 +119,11 @@ def deploy_serverless(model: str = FINETUNED_MODEL, version: str | int | None = 
     ``version=None`` deploys the model's latest version. Without confirmation (or settings) the
     real SDK builds the request against a recording transport and nothing leaves this machine.
     """
-    validate_endpoint_name(endpoint_name)
     settings = settings or load_settings()
-    if not confirm:
+    send = confirmed(confirm, settings)
+    validate_endpoint_name(endpoint_name)
+    if not send:
         return _dry_run(model, version, endpoint_name, settings)
-    if settings is None:
-        raise DeploymentError("confirm=True needs Azure settings (AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP, "
-                              "AZURE_AI_PROJECT or azure-settings.yaml); without them only a dry run is possible")
     from azure.ai.ml.entities import ServerlessEndpoint
 
     from .auth import ml_client
@@ -173,24 +174,11 @@ def connect_endpoint(name: str = DEFAULT_ENDPOINT, settings: AzureSettings | Non
 def _dry_run(model: str, version, endpoint_name: str, settings: AzureSettings | None) -> Deployment:
     from azure.ai.ml.entities import ServerlessEndpoint
 
-    from .auth import ml_client
-    from .finetuning import PLACEHOLDER_SETTINGS
-
-    settings = settings or PLACEHOLDER_SETTINGS
-    region = settings.region or PLACEHOLDER_SETTINGS.region
-    transport = RecordingTransport([("PUT", r"/serverlessEndpoints/[^/?]+\?", _accept_endpoint)])
-
-    ml = ml_client(settings, credential=DryRunCredential(), transport=transport)
+    accept = accepting(200, ENDPOINT_TYPE, provisioningState="Succeeded", authMode="Key")
+    run = dry_run([("PUT", r"/serverlessEndpoints/[^/?]+\?", accept)], settings)
+    region = run.settings.region or PLACEHOLDER_SETTINGS.region
     model_id = workspace_model_id(region, "<workspace-id>", model, version or "<latest>")
     endpoint = ServerlessEndpoint(name=endpoint_name, model_id=model_id, tags=dict(COURSE_TAGS))
     endpoint.location = region
-    created = ml.serverless_endpoints.begin_create_or_update(endpoint).result()
-    return Deployment(True, endpoint_name, model_id, created.provisioning_state, requests=transport.requests)
-
-
-def _accept_endpoint(request: RecordedRequest, match) -> Reply:
-    body = dict(request.body)
-    body.update(id=request.path.split("?")[0], name=request.path.rsplit("/", 1)[-1],
-                type="Microsoft.MachineLearningServices/workspaces/serverlessEndpoints")
-    body["properties"] = {**body["properties"], "provisioningState": "Succeeded", "authMode": "Key"}
-    return Reply(200, body)
+    created = run.ml_client().serverless_endpoints.begin_create_or_update(endpoint).result()
+    return Deployment(True, endpoint_name, model_id, created.provisioning_state, requests=run.requests)

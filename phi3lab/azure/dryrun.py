@@ -5,6 +5,11 @@ clients build and sign their requests as usual, then hand them here instead of t
 It records each one and answers from a route table of ``(method, url regex) → response``.
 Dry runs use it with answers shaped like the service's; tests use it with the same table plus
 failure answers. ``show_requests`` renders what was recorded with secrets masked.
+
+``dry_run(routes, settings)`` is the one way the course builds a dry run: the recording
+transport, the placeholder credential and (without settings) the placeholder settings, from
+which ``ml_client()`` or ``resource_client()`` gives the real SDK client. ``accepting(...)``
+answers a PUT the way the service does, so the SDK's own response parsing runs too.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from azure.core.pipeline.transport import HttpTransport
 
-from .settings import mask_secrets
+from ..secrets import mask_secrets
+from .settings import PLACEHOLDER_SETTINGS, AzureSettings
 
 
 class DryRunCredential:
@@ -126,6 +132,48 @@ class RecordingTransport(HttpTransport):
 
     def __exit__(self, *args):
         pass
+
+
+def accepting(http_status: int = 201, resource_type: str | None = None, **properties) -> Responder:
+    """A responder that accepts a PUT like the service: the body echoed with its id and name, ``properties`` set."""
+    def answer(request: RecordedRequest, match) -> Reply:
+        body = dict(request.body)
+        body.update(id=request.path, name=request.path.rsplit("/", 1)[-1])
+        if resource_type:
+            body["type"] = resource_type
+        body["properties"] = {**body.get("properties", {}), **properties}
+        return Reply(http_status, body)
+
+    return answer
+
+
+@dataclass
+class DryRun:
+    """Real SDK clients for ``settings`` whose requests are signed with a placeholder token and recorded, never sent."""
+
+    settings: AzureSettings
+    transport: RecordingTransport
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        return self.transport.requests
+
+    def ml_client(self):
+        """An ``azure.ai.ml.MLClient`` for the settings' project."""
+        from .auth import ml_client
+
+        return ml_client(self.settings, credential=DryRunCredential(), transport=self.transport)
+
+    def resource_client(self):
+        """An Azure Resource Manager client for the settings' subscription."""
+        from azure.mgmt.resource.resources import ResourceManagementClient
+
+        return ResourceManagementClient(DryRunCredential(), self.settings.subscription_id, transport=self.transport)
+
+
+def dry_run(routes: list[tuple[str, str, Responder]], settings: AzureSettings | None = None) -> DryRun:
+    """A dry run answering from ``routes``, for the learner's settings or, without any, the placeholders."""
+    return DryRun(settings or PLACEHOLDER_SETTINGS, RecordingTransport(routes))
 
 
 def _parse_body(request) -> object:

@@ -15,7 +15,8 @@ from pathlib import Path
 from ..config import TrainConfig, default_config
 from ..errors import Phi3LabError
 from ..models import CATALOG, OFFLINE_MODEL, get_spec
-from .dryrun import DryRunCredential, RecordedRequest, RecordingTransport, Reply, show_requests
+from .dryrun import RecordedRequest, accepting, dry_run, show_requests
+from .guard import confirmed
 from .monitor import status_text
 from .schemas import validate_job_body
 from .service import azure_errors
@@ -28,9 +29,7 @@ TASK = "ChatCompletion"
 REGISTRY = "azureml"
 DEFAULT_AZURE_MODEL = "phi-3-mini-4k-instruct"
 EXPERIMENT = "phi3lab-finetuning"
-# Shown in dry runs without settings: obviously placeholders, and a valid URL.
-PLACEHOLDER_SETTINGS = AzureSettings("00000000-0000-0000-0000-000000000000", "your-resource-group",
-                                     "your-ai-project", "eastus2")
+JOB_TYPE = "Microsoft.MachineLearningServices/workspaces/jobs"
 
 
 def hyperparameters(config: TrainConfig) -> dict[str, str]:
@@ -188,11 +187,9 @@ def submit_finetuning(config: TrainConfig | None = None, settings: AzureSettings
     Without settings, or without ``confirm=True``, the real SDK builds the request against a
     recording transport and nothing leaves this machine.
     """
-    config = config or default_config()
     settings = settings or load_settings()
-    if confirm and settings is None:
-        raise Phi3LabError("confirm=True needs Azure settings (AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP, "
-                           "AZURE_AI_PROJECT or azure-settings.yaml); without them only a dry run is possible")
+    send = confirmed(confirm, settings)
+    config = config or default_config()
     azure_model = azure_model_name(model or config.model)
     assets = [validated_asset(config.resolve(config.train_file), "phi3lab-train")]
     if config.validation_file:
@@ -200,8 +197,8 @@ def submit_finetuning(config: TrainConfig | None = None, settings: AzureSettings
     cost = _cost(assets[0], config, model or config.model, price_per_1k_tokens)
     job_name = job_name or _job_name(assets, config, azure_model)
 
-    if not confirm:
-        return _dry_run(config, settings or PLACEHOLDER_SETTINGS, azure_model, assets, cost, job_name)
+    if not send:
+        return _dry_run(config, settings, azure_model, assets, cost, job_name)
 
     from .auth import ml_client, registry_client
 
@@ -220,27 +217,14 @@ def submit_finetuning(config: TrainConfig | None = None, settings: AzureSettings
 
 
 def _dry_run(config, settings, azure_model, assets, cost, job_name) -> Submission:
-
-    from .auth import ml_client
-
-    transport = RecordingTransport([("PUT", r"/jobs/[^/?]+\?", _accept_job)])
-
-    ml = ml_client(settings, credential=DryRunCredential(), transport=transport)
+    run = dry_run([("PUT", r"/jobs/[^/?]+\?", accepting(201, JOB_TYPE, status="NotStarted"))], settings)
     model_id = registry_model_id(azure_model)
     references = [asset.reference for asset in assets]
     job = build_job(config, references[0], references[1] if len(references) > 1 else None, model_id, job_name)
-    ml.jobs.create_or_update(job)
-    submission = Submission(True, job_name, model_id, assets, transport.requests, cost)
+    run.ml_client().jobs.create_or_update(job)
+    submission = Submission(True, job_name, model_id, assets, run.requests, cost)
     validate_job_body(submission.job_request.body)
     return submission
-
-
-def _accept_job(request: RecordedRequest, match) -> Reply:
-    body = dict(request.body)
-    name = request.path.rsplit("/", 1)[-1]
-    body.update(id=request.path, name=name, type="Microsoft.MachineLearningServices/workspaces/jobs")
-    body["properties"] = {**body["properties"], "status": "NotStarted"}
-    return Reply(201, body)
 
 
 def _existing_job(ml, job_name: str):

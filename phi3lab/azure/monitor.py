@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from ..errors import Phi3LabError
 from ..history import MetricsHistory
+from ..secrets import mask_secrets
 from .service import azure_errors, service_message
-from .settings import mask_secrets
 
 TERMINAL = {"Completed", "Failed", "Canceled", "NotResponding"}
 FAILED = {"Failed", "Canceled", "NotResponding"}

@@ -11,10 +11,12 @@ import json
 from dataclasses import dataclass, field
 
 from ..errors import Phi3LabError
-from .dryrun import DryRunCredential, RecordingTransport, Reply, show_requests
-from .finetuning import DEFAULT_AZURE_MODEL, PLACEHOLDER_SETTINGS, azure_model_name
-from .service import AZURE_AI_DEVELOPER, CONTRIBUTOR, OWNER, RBAC_HINT, ROLE_NAMES, azure_errors
-from .settings import AzureSettings, load_settings
+from .dryrun import Reply, dry_run, show_requests
+from .finetuning import DEFAULT_AZURE_MODEL, azure_model_name
+from .guard import confirmed
+from .roles import FINETUNING_ROLES, ROLE_NAMES
+from .service import RBAC_HINT, azure_errors
+from .settings import SETTINGS_HINT, AzureSettings, load_settings
 
 PROVIDER = "Microsoft.Network"
 REGION_TAG = "maas-finetuning-deploy-regions"  # registry model tag listing serverless fine-tuning regions
@@ -66,7 +68,7 @@ def run_checks(settings: AzureSettings | None = None, model: str = DEFAULT_AZURE
     settings = settings or load_settings()
     if settings is None:
         checks = [Check(name, "skipped", NO_SETTINGS) for name in CHECK_NAMES]
-        checks[-1].fix = "to run them, set AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP, AZURE_AI_PROJECT (or azure-settings.yaml)"
+        checks[-1].fix = f"to run them, {SETTINGS_HINT}"
         return CheckReport(checks)
     from .auth import AzureLoginError, get_credential
 
@@ -132,11 +134,11 @@ class _Context:
             assignments = list(client.role_assignments.list_for_scope(
                 scope, filter=f"atScope() and assignedTo('{principal}')"))
         held = {a.role_definition_id.rsplit("/", 1)[-1].lower() for a in assignments}
-        for role in (AZURE_AI_DEVELOPER, OWNER, CONTRIBUTOR):
+        for role in FINETUNING_ROLES:
             if role in held:
                 return Check(name, "pass", f"you hold {ROLE_NAMES[role]} on {self.settings.resource_group}")
-        return Check(name, "fail", f"none of Azure AI Developer, Owner, Contributor on {self.settings.resource_group}",
-                     RBAC_HINT)
+        wanted = ", ".join(ROLE_NAMES[role] for role in FINETUNING_ROLES)
+        return Check(name, "fail", f"none of {wanted} on {self.settings.resource_group}", RBAC_HINT)
 
     def region_supported(self, name: str) -> Check:
         from .auth import ml_client
@@ -210,14 +212,10 @@ def register_provider(settings: AzureSettings | None = None, *, confirm: bool = 
     from azure.mgmt.resource.resources import ResourceManagementClient
 
     settings = settings or load_settings()
-    if confirm and settings is None:
-        raise Phi3LabError("confirm=True needs Azure settings; without them only a dry run is possible")
-    if not confirm:
-        recorder = RecordingTransport([("POST", rf"/providers/{PROVIDER}/register", _registering)])
-        client = ResourceManagementClient(DryRunCredential(), (settings or PLACEHOLDER_SETTINGS).subscription_id,
-                                          transport=recorder)
-        client.providers.register(PROVIDER)
-        return "DRY RUN: nothing was sent. Run with confirm=True to register.\n" + show_requests(recorder.requests)
+    if not confirmed(confirm, settings):
+        run = dry_run([("POST", rf"/providers/{PROVIDER}/register", _registering)], settings)
+        run.resource_client().providers.register(PROVIDER)
+        return "DRY RUN: nothing was sent. Run with confirm=True to register.\n" + show_requests(run.requests)
     from .auth import get_credential
 
     kwargs = {"transport": transport} if transport is not None else {}
@@ -230,7 +228,6 @@ def register_provider(settings: AzureSettings | None = None, *, confirm: bool = 
 def _registering(request, match) -> Reply:
     return Reply(200, {"id": request.path.rsplit("/register", 1)[0], "namespace": PROVIDER,
                        "registrationState": "Registering"})
-
 
 
 def _principal_id(credential) -> str:

