@@ -7,7 +7,8 @@ A real server (``phi3lab.serving.LocalServer``, the trained adapter when one exi
 loopback. After one warm-up request, the baseline sends requests one at a time (what a single
 client sees); then the load phase keeps ``--concurrency`` requests in flight. The server batches
 concurrent requests into shared forward passes, so the ratio of the two throughputs measures
-what batching buys on this machine. Results go to stdout and ``runs/benchmarks/endpoint_load.json``.
+what batching buys on this machine. Results go to stdout and ``endpoint_load.json`` in
+``phi3lab.runs.benchmark_dir()`` (``runs/benchmarks/`` unless ``PHI3LAB_RUNS`` says otherwise).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 
 from phi3lab.endpoints import LocalEndpoint, load_test, query_endpoint
 from phi3lab.io import atomic_write_json
-from phi3lab.paths import RUNS_DIR
+from phi3lab.runs import benchmark_dir
 from phi3lab.serving import LocalServer
 
 PROMPTS = [
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--baseline-requests", type=int, default=None, help="default: requests // 4, at least 4")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--base", action="store_true", help="serve the base model even if an adapter exists")
-    parser.add_argument("--out", default=str(RUNS_DIR / "benchmarks" / "endpoint_load.json"))
+    parser.add_argument("--out", default=None, help="JSON file for the result (default: endpoint_load.json in the "
+                                                    "runs root's benchmarks folder)")
     args = parser.parse_args(argv)
     baseline_requests = args.baseline_requests or max(4, args.requests // 4)
 
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
         "throughput_ratio": round(loaded.requests_per_s / baseline.requests_per_s, 2) if baseline.requests_per_s else None,
         "tokens_per_s_ratio": round(loaded.tokens_per_s / baseline.tokens_per_s, 2) if baseline.tokens_per_s else None,
     }
-    atomic_write_json(args.out, result)
+    atomic_write_json(args.out or benchmark_dir() / "endpoint_load.json", result)
     print(f"baseline   : {baseline}")
     print(f"concurrent : {loaded}  (mean batch {result['concurrent']['mean_batch_size']})")
     print(f"ratio      : {result['throughput_ratio']}x requests/s, {result['tokens_per_s_ratio']}x tokens/s")

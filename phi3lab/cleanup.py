@@ -3,19 +3,21 @@
 ``local_cleanup()`` lists what it would remove and the space it would free; ``confirm=True``
 does it. Categories are opt-in per call: ``servers`` (running local endpoints started by any
 notebook or script, plus their logs), ``checkpoints`` (intermediate ``checkpoint-N`` folders of
-training runs; the final adapter stays), ``runs`` (everything under ``runs/``, adapters
+training runs; the final adapter stays), ``runs`` (everything under the runs root, adapters
 included) and ``caches`` (the converted offline model; rebuilt in about 30 s when needed).
+Where things are comes from ``phi3lab.runs`` (``PHI3LAB_RUNS``, read at call time) and the
+server records from ``phi3lab.serving.process``.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .paths import RUNS_DIR, cache_dir
-from .serving import SERVER_DIR
+from .azure.guard import strict_confirm
+from .paths import cache_dir
+from .runs import runs_root, server_dir, training_runs
 
 
 @dataclass
@@ -70,39 +72,39 @@ class LocalCleanupReport:
         printer.text(self.summary())
 
 
+def _shown(path: Path) -> str:
+    """A path as the learner knows it: from the runs root's parent (``runs/lora/checkpoint-20``)."""
+    return str(path.relative_to(runs_root().parent))
+
+
 def _server_items() -> list[Item]:
-    import psutil
+    from .serving.process import server_logs, server_records
 
     items = []
-    for record_path in sorted(SERVER_DIR.glob("server-*.json")):
-        try:
-            record = json.loads(record_path.read_text(encoding="utf-8"))
-            process = psutil.Process(record["pid"])
-            alive = "phi3lab.serving" in " ".join(process.cmdline())  # a reused pid is someone else's process
-        except (ValueError, KeyError, OSError, psutil.Error):
-            record, alive = {}, False
-        what = (f"server pid {record['pid']} at {record['url']} (stop it)" if alive
-                else f"{record_path.name}: record of a server that no longer runs")
-        items.append(Item("server", record_path, record_path.stat().st_size, what, record.get("pid") if alive else None))
+    for record in server_records():
+        alive = record.alive
+        what = (f"server pid {record.pid} at {record.url} (stop it)" if alive
+                else f"{record.path.name}: record of a server that no longer runs")
+        items.append(Item("server", record.path, record.path.stat().st_size, what, record.pid if alive else None))
     # Logs come after the servers, so a running server is stopped before its log is removed.
-    items += [Item("server log", log, log.stat().st_size, str(log.relative_to(RUNS_DIR.parent)))
-              for log in sorted(SERVER_DIR.glob("server-*.log"))]
+    items += [Item("server log", log, log.stat().st_size, _shown(log)) for log in server_logs()]
     return items
 
 
 def _checkpoint_items() -> list[Item]:
-    folders = sorted(p for p in RUNS_DIR.rglob("checkpoint-*") if p.is_dir())
-    return [Item("checkpoint", p, folder_size(p), str(p.relative_to(RUNS_DIR.parent))) for p in folders]
+    folders = [folder for run in training_runs(finished_only=False) for folder in run.checkpoint_dirs()]
+    return [Item("checkpoint", p, folder_size(p), _shown(p)) for p in folders]
 
 
 def plan_local_cleanup(servers: bool = True, checkpoints: bool = True, runs: bool = False,
                        caches: bool = False) -> list[Item]:
     """What ``local_cleanup`` would remove, with sizes (reads only)."""
     items = _server_items() if servers else []
-    if runs and RUNS_DIR.exists():
-        items += [Item("runs", p, folder_size(p), f"{p.relative_to(RUNS_DIR.parent)} (adapters, logs, outputs)")
-                  for p in sorted(RUNS_DIR.iterdir()) if p != SERVER_DIR]
-    elif checkpoints and RUNS_DIR.exists():
+    root = runs_root()
+    if runs and root.exists():
+        items += [Item("runs", p, folder_size(p), f"{_shown(p)} (adapters, logs, outputs)")
+                  for p in sorted(root.iterdir()) if p != server_dir()]
+    elif checkpoints:
         items += _checkpoint_items()
     if caches and cache_dir().exists():
         items.append(Item("cache", cache_dir(), folder_size(cache_dir()),
@@ -113,11 +115,12 @@ def plan_local_cleanup(servers: bool = True, checkpoints: bool = True, runs: boo
 def local_cleanup(servers: bool = True, checkpoints: bool = True, runs: bool = False, caches: bool = False,
                   confirm: bool = False) -> LocalCleanupReport:
     """List (default) or, with ``confirm=True``, remove the chosen categories; says how much space is freed."""
+    act = strict_confirm(confirm)
     items = plan_local_cleanup(servers, checkpoints, runs, caches)
-    if confirm:
+    if act:
         for item in items:
             item.outcome = _remove(item)
-    return LocalCleanupReport(not confirm, items)
+    return LocalCleanupReport(not act, items)
 
 
 def _remove(item: Item) -> str:

@@ -7,23 +7,23 @@ import os
 
 import pytest
 
-from phi3lab import cleanup, serving
+from phi3lab import cleanup
 from phi3lab.cleanup import human_size, local_cleanup
 from phi3lab.serving import LocalServer
+
+RUN_CONFIG = b"run_name: lora\n"  # what makes a folder a training run (phi3lab.runs)
 
 
 @pytest.fixture
 def tree(tmp_path, monkeypatch):
     runs, cache = tmp_path / "runs", tmp_path / "cache"
-    servers = runs / "serving"
-    for module in (cleanup, serving):
-        monkeypatch.setattr(module, "SERVER_DIR", servers)
-    monkeypatch.setattr(cleanup, "RUNS_DIR", runs)
+    monkeypatch.setenv("PHI3LAB_RUNS", str(runs))  # read at call time by phi3lab.runs
     monkeypatch.setattr(cleanup, "cache_dir", lambda: cache)
     for folder, size in ((runs / "lora" / "checkpoint-10", 3000), (runs / "lora" / "checkpoint-20", 5000),
                          (runs / "lora" / "adapter", 700), (cache / "models" / "phi3-tiny-offline", 9000)):
         folder.mkdir(parents=True)
         (folder / "weights.bin").write_bytes(b"x" * size)
+    (runs / "lora" / "config.yaml").write_bytes(RUN_CONFIG)
     return runs, cache
 
 
@@ -46,7 +46,7 @@ def test_confirm_removes_only_checkpoints_and_is_idempotent(tree):
 def test_runs_and_caches_on_request(tree):
     runs, cache = tree
     report = local_cleanup(runs=True, caches=True, confirm=True)
-    assert {i.kind for i in report.items} == {"runs", "cache"} and report.total == 17700
+    assert {i.kind for i in report.items} == {"runs", "cache"} and report.total == 17700 + len(RUN_CONFIG)
     assert not (runs / "lora").exists() and not cache.exists()
 
 
@@ -72,6 +72,14 @@ def test_a_record_whose_pid_is_another_program_is_never_killed(tree):
     report = local_cleanup(checkpoints=False, confirm=True)
     assert [i.pid for i in report.items] == [None] and "no longer runs" in report.items[0].what
     assert not record.exists()  # the stale record goes; this test process is still alive to tell
+
+
+def test_checkpoints_of_every_run_are_listed_as_the_learner_knows_them(tree):
+    runs, _ = tree
+    (runs / "nested" / "run2" / "checkpoint-5").mkdir(parents=True)
+    (runs / "nested" / "run2" / "config.yaml").write_bytes(RUN_CONFIG)
+    shown = sorted(i.what for i in local_cleanup().items)
+    assert shown == ["runs/lora/checkpoint-10", "runs/lora/checkpoint-20", "runs/nested/run2/checkpoint-5"]
 
 
 def test_human_size():

@@ -11,25 +11,25 @@ import time
 import httpx
 import pytest
 
-from phi3lab import serving
 from phi3lab.endpoints import LocalEndpoint, load_test, query_endpoint
 from phi3lab.monitoring import CallLog, read_log
+from phi3lab.runs import server_dir
 from phi3lab.serving import ChatRequest, LocalServer, ServerError
 
 PROMPTS = ["What is the capital of France?", "Name a colour."]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def server_dir(tmp_path_factory):
-    """Server records and logs go to a temporary folder, not the learner's runs/."""
+def runs_root(tmp_path_factory):
+    """Server records, logs and runs live in a temporary runs root, not the learner's runs/."""
     with pytest.MonkeyPatch.context() as patch:
-        folder = tmp_path_factory.mktemp("serving")
-        patch.setattr(serving, "SERVER_DIR", folder)
+        folder = tmp_path_factory.mktemp("runs")
+        patch.setenv("PHI3LAB_RUNS", str(folder))
         yield folder
 
 
 @pytest.fixture(scope="module")
-def server(server_dir):
+def server(runs_root):
     with LocalServer(adapter=None) as running:
         yield running
     assert not running.running
@@ -62,7 +62,7 @@ def test_health_and_models(server):
     assert health["status"] == "ok" and health["model"] == "phi3-tiny-offline" and health["adapter"] is None
     models = httpx.get(f"{server.url}/v1/models").json()
     assert [m["id"] for m in models["data"]] == ["phi3-tiny-offline"]
-    assert (serving.SERVER_DIR / f"server-{server.port}.json").is_file()
+    assert server.record_path == server_dir() / f"server-{server.port}.json" and server.record_path.is_file()
 
 
 def test_chat_completion_follows_the_openai_schema(server):
@@ -142,7 +142,7 @@ def test_stop_is_idempotent_and_leaves_no_process():
     pid = server.process.pid
     server.stop()
     server.stop()
-    assert _wait_gone(pid, 5) and not (serving.SERVER_DIR / f"server-{server.port}.json").exists()
+    assert _wait_gone(pid, 5) and not (server_dir() / f"server-{server.port}.json").exists()
 
 
 def test_server_exits_when_its_parent_is_killed(tmp_path):
@@ -161,6 +161,39 @@ def test_server_exits_when_its_parent_is_killed(tmp_path):
         parent.kill()
 
 
+def test_the_child_is_started_with_the_phi3lab_serve_command_line(tmp_path):
+    from phi3lab.cli import build_parser
+
+    command = LocalServer(adapter=tmp_path, merge=True, port=8123).command()
+    assert command[1:3] == ["-m", "phi3lab.serving"]  # what cleanup looks for in a recorded pid's command line
+    args = build_parser().parse_args(["serve", *command[3:]])
+    assert (args.port, args.adapter, args.merge, args.parent_pid, args.base) == (8123, str(tmp_path), True,
+                                                                                 os.getpid(), False)
+    base = build_parser().parse_args(["serve", *LocalServer(adapter=None, port=1).command()[3:]])
+    assert base.base and base.adapter is None  # the child never picks an adapter on its own
+    usage = subprocess.run([sys.executable, "-m", "phi3lab.serving", "--help"], capture_output=True, text=True)
+    assert usage.returncode == 0 and usage.stdout.startswith("usage: phi3lab serve")
+
+
+def _finished_run(root, name: str, finished_at: float):
+    adapter = root / name / "adapter"
+    adapter.mkdir(parents=True)
+    for path in (adapter / "adapter_config.json", adapter / "config.yaml", root / name / "config.yaml"):
+        path.write_text("{}\n")
+        os.utime(path, (finished_at, finished_at))
+    return adapter
+
+
+def test_the_default_adapter_is_the_latest_finished_run_under_the_runs_root_of_the_moment(tmp_path, monkeypatch):
+    from phi3lab.serving import default_adapter
+
+    monkeypatch.setenv("PHI3LAB_RUNS", str(tmp_path))  # set after import: read at call time
+    assert default_adapter() is None and LocalServer().adapter is None
+    _finished_run(tmp_path, "older", 1_000_000)
+    newer = _finished_run(tmp_path, "newer", 2_000_000)
+    assert default_adapter() == newer and LocalServer().adapter == newer
+
+
 def test_a_server_that_cannot_start_reports_its_log(tmp_path):
     with pytest.raises(ServerError, match="exited during start-up"):
         LocalServer(adapter=tmp_path / "no-adapter-here", startup_timeout=120).start()
@@ -176,7 +209,7 @@ def adapter_dir(tmp_path_factory):
 
     from phi3lab.config import TrainConfig
     from phi3lab.models import OFFLINE_MODEL, load_model, load_tokenizer
-    from phi3lab.training import CONFIG_NAME
+    from phi3lab.runs import CONFIG_NAME
 
     folder = tmp_path_factory.mktemp("adapter")
     model = get_peft_model(load_model(OFFLINE_MODEL, device="cpu"),

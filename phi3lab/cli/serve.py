@@ -1,4 +1,10 @@
-"""``phi3lab serve``: the local OpenAI-compatible endpoint in the foreground (Ctrl+C stops it)."""
+"""``phi3lab serve``: the local OpenAI-compatible endpoint in the foreground (Ctrl+C stops it).
+
+The one command line of the server: ``LocalServer`` starts its child as ``python -m phi3lab.serving``
+with these same options (plus the hidden ``--parent-pid``).
+"""
+
+import argparse
 
 
 def register(commands) -> None:
@@ -7,19 +13,26 @@ def register(commands) -> None:
     parser.add_argument("--port", type=int, default=0, help="port (default 0: a free one, printed at start)")
     parser.add_argument("--model", default=None, help="catalog name of the base model (default: as the course picks)")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--adapter", default=None, help="LoRA adapter folder (default: runs/lora/adapter if present)")
+    source.add_argument("--adapter", default=None,
+                        help="LoRA adapter folder (default: the latest finished run's adapter, if any)")
     source.add_argument("--base", action="store_true", help="serve the base model even if an adapter exists")
     parser.add_argument("--merge", action="store_true", help="merge the adapter into the weights (faster answers)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for generation (default: half the cores)")
+    parser.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
+                        help="uvicorn's log level (default: warning)")
+    # Set by LocalServer: the child exits when the notebook kernel that started it is gone.
+    parser.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     parser.set_defaults(handler=run)
 
 
 def run(args) -> int:
-    from ..serving import default_adapter, free_port, serve_forever
+    from ..serving.app import default_adapter
+    from ..serving.process import free_port, serve_forever
 
     adapter = None if args.base else (args.adapter or default_adapter())
     port = args.port or free_port(args.host)
     print(f"serving {'adapter ' + str(adapter) if adapter else 'the base model'} at http://{args.host}:{port}/v1 "
           f"(health: /health). Ctrl+C stops it.", flush=True)
-    serve_forever(args.host, port, args.model, adapter, args.merge, threads=args.threads)
+    serve_forever(args.host, port, args.model, adapter, args.merge, parent_pid=args.parent_pid,
+                  log_level=args.log_level, threads=args.threads)
     return 0
