@@ -111,7 +111,7 @@ class ServerRecord:
 
 
 def server_records() -> list[ServerRecord]:
-    """The records of servers started by ``LocalServer`` (running or not), oldest port first."""
+    """The records of servers started by ``LocalServer`` (running or not), in file-name order."""
     records = []
     for path in sorted(server_dir().glob("server-*.json")):
         try:
