@@ -1,4 +1,6 @@
-"""Where the course keeps things: the repository's data and runs, and a per-user model cache."""
+"""The repository's root and data, the one rule for relative paths, and the per-user model cache.
+
+Where runs live is ``phi3lab.runs``'s business."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
-RUNS_DIR = Path(os.environ.get("PHI3LAB_RUNS", REPO_ROOT / "runs"))
 
 
 def repo_path(path: str | os.PathLike) -> Path:

@@ -52,6 +52,11 @@ def azure_history_file() -> Path:
     return runs_root() / "azure" / HISTORY_NAME
 
 
+def azure_job_config_file() -> Path:
+    """The config a managed-compute training job uploads (a service record, never mistaken for a local run)."""
+    return runs_root() / "azure" / "train-job" / CONFIG_NAME
+
+
 def server_dir() -> Path:
     return runs_root() / "serving"
 

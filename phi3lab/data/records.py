@@ -11,7 +11,6 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..paths import REPO_ROOT, repo_path
 from .report import SEVERITY, DataError, Finding
