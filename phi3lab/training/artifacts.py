@@ -13,7 +13,7 @@ from pathlib import Path
 from ..config import TrainConfig
 from ..io import atomic_directory
 from ..runs import CONFIG_NAME, SUMMARY_NAME, RunFolder
-from .errors import TrainingError
+from .errors import TrainingError, notice
 
 ADAPTER_WEIGHTS_CONFIG = "adapter_config.json"  # written by peft's save_pretrained
 
@@ -36,7 +36,7 @@ def load_trained(adapter_dir: str | os.PathLike | RunFolder, merge: bool = False
                             f"{CONFIG_NAME}). Fix: train first (notebook 02 or `phi3lab train`) and pass the run's "
                             f"adapter folder (runs/<run name>/adapter).")
     config = TrainConfig.load(adapter_dir / CONFIG_NAME)
-    base = load_model(config.model)
+    base = standalone_base(config) if merge and config.quantization != "none" else load_model(config.model)
     try:
         model = PeftModel.from_pretrained(base, str(adapter_dir))
     except RuntimeError as exc:
@@ -49,8 +49,29 @@ def load_trained(adapter_dir: str | os.PathLike | RunFolder, merge: bool = False
     return (model.merge_and_unload() if merge else model), tokenizer
 
 
+def standalone_base(config: TrainConfig):
+    """The base model to merge a QLoRA/8-bit adapter into: 16-bit, because merging into quantized weights would
+    round the sum back to 4 or 8 bits. With CUDA and bitsandbytes the quantized weights the adapter was trained
+    against are dequantized; elsewhere the original 16-bit weights are loaded (they differ from those by the
+    quantization error, so the merged model answers very slightly differently from the adapter)."""
+    import torch
+
+    from ..devices import detect_device, pick_precision, quantization_unavailable
+    from ..models import load_model
+
+    device = detect_device()
+    dtype = pick_precision(device).dtype if device.kind == "cuda" else torch.bfloat16
+    if quantization_unavailable(config.quantization, device):
+        notice(f"the adapter was trained on a {config.quantization} base model; without CUDA and bitsandbytes it is "
+               f"merged into the original {str(dtype).replace('torch.', '')} weights instead")
+        return load_model(config.model, device=device.kind if device.kind != "mps" else "cpu", dtype=dtype)
+    return load_model(config.model, dtype=dtype, quantization=config.quantization).dequantize()
+
+
 def merge_and_save(adapter_dir: str | os.PathLike | RunFolder, out_dir: str | os.PathLike) -> Path:
-    """Fold the adapter into the base weights and save a standalone model (atomically)."""
+    """Fold the adapter into the base weights and save a standalone model (atomically). An adapter trained on a
+    4-bit or 8-bit base (QLoRA) is merged into 16-bit weights (see ``standalone_base``): the result is an ordinary
+    fp16/bf16 model, about 7.6 GB for Phi-3-mini, where the adapter alone is a few MB."""
     adapter_dir = adapter_folder(adapter_dir)
     model, tokenizer = load_trained(adapter_dir, merge=True)
     out_dir = Path(out_dir)

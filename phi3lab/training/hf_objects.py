@@ -46,6 +46,12 @@ def add_lora(config: TrainConfig, model, **overrides):
     return get_peft_model(model, lora_config(config, **overrides))
 
 
+def precision_arguments(precision) -> dict:
+    """Trainer's mixed-precision flags for a ``phi3lab.devices.Precision``: ``bf16`` autocast where the GPU has it
+    natively, ``fp16`` autocast with loss scaling on a T4/V100, neither in fp32 (CPU, Apple's MPS)."""
+    return {"bf16": precision.bf16, "fp16": precision.fp16}
+
+
 def speed_arguments(speed: dict) -> dict:
     """``TrainingArguments`` values for the speed switches that can be used here (see ``resolve_speed``)."""
     checkpointing = speed["gradient_checkpointing"]

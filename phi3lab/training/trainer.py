@@ -10,7 +10,6 @@ folder (``config.run``), each in one atomic rename.
 from __future__ import annotations
 
 import importlib.util
-import resource
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,18 @@ from ..runs import CONFIG_NAME, HISTORY_NAME, SUMMARY_NAME, RunFolder
 from .chat_format import load_splits, make_collator
 from .checkpoints import changed_fields, checkpoint_publisher, resume_point, step_of
 from .errors import TrainingError, notice
-from .hf_objects import add_lora, speed_arguments, training_arguments
+from .hf_objects import add_lora, precision_arguments, speed_arguments, training_arguments
+from .memory import (
+    GB,
+    candidate_changes,
+    describe_change,
+    describe_memory,
+    memory_now,
+    memory_summary,
+    peak_memory,
+    plan_memory,
+    replan_for_device,
+)
 
 
 @dataclass
@@ -63,10 +73,17 @@ def check_data(config: TrainConfig) -> None:
 
 # ----- speed switches ---------------------------------------------------------------------------
 def resolve_speed(config: TrainConfig, device: str, notices: list[str] | None = None) -> dict:
-    """The speed settings that can actually be used here; each fallback gets a one-line notice."""
+    """The speed and memory settings that can actually be used here; each fallback gets a one-line notice."""
     from transformers.utils import is_flash_attn_2_available
 
+    from ..devices import DeviceInfo, detect_device, quantization_unavailable
+
     cuda = device == "cuda"
+    quantization = config.quantization
+    problem = quantization_unavailable(quantization, detect_device() if cuda else DeviceInfo(device, device, 0))
+    if problem:
+        notice(problem, notices)
+        quantization = "none"
     attn = config.attn_implementation
     if attn == "flash_attention_2" and not (cuda and is_flash_attn_2_available()):
         notice("flash_attention_2 needs a CUDA GPU and the flash-attn package; using sdpa instead", notices)
@@ -81,7 +98,9 @@ def resolve_speed(config: TrainConfig, device: str, notices: list[str] | None = 
                "training uncompiled", notices)
         compile_ = False
     return {"packing": config.packing, "attn_implementation": attn, "use_liger": liger,
-            "torch_compile": compile_, "gradient_checkpointing": config.gradient_checkpointing}
+            "torch_compile": compile_, "gradient_checkpointing": config.gradient_checkpointing,
+            "quantization": quantization}
+
 
 
 # ----- measuring ---------------------------------------------------------------------------------
@@ -92,11 +111,13 @@ class ThroughputMeter:
         self.steps: list[dict] = []  # one row per optimiser step: seconds, tokens, sum of squared lengths
         self._tokens = self._squares = 0
         self._start = None
+        self.largest_batch = 0  # positions (pad included) of the largest micro-batch: the memory peak's size
 
     def count(self, inputs) -> None:
         lengths = sequence_lengths(inputs)
         self._tokens += sum(lengths)
         self._squares += sum(n * n for n in lengths)
+        self.largest_batch = max(self.largest_batch, int(inputs["input_ids"].numel()))
 
     def begin(self) -> None:
         synchronize()
@@ -140,15 +161,6 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def peak_memory() -> tuple[int, str]:
-    """Peak memory so far: CUDA allocations on a GPU, the process's peak RSS on CPU."""
-    import torch
-
-    if torch.cuda.is_available():
-        return int(torch.cuda.max_memory_allocated()), "cuda max allocated"
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process peak RSS"
-
-
 def metered_trainer_class():
     from transformers import Trainer, TrainerCallback
 
@@ -179,11 +191,19 @@ def metered_trainer_class():
 
 # ----- the model and the Trainer ----------------------------------------------------------------
 def load_base_model(config: TrainConfig, device: str, speed: dict):
-    """The base model as training uses it: the device's best dtype and the attention that works here."""
+    """The base model as training uses it: the device's precision, the attention that works here and, on a
+    CUDA GPU, the quantization asked for (then prepared for k-bit training: norms and embeddings in fp32,
+    input gradients on for checkpointing)."""
     from ..models import load_model, pick_dtype
 
-    return load_model(config.model, device=device, dtype=pick_dtype(device),
-                      attn_implementation=speed["attn_implementation"])
+    model = load_model(config.model, device=device, dtype=pick_dtype(device),
+                       attn_implementation=speed["attn_implementation"], quantization=speed.get("quantization", "none"))
+    if speed.get("quantization", "none") != "none":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=speed["gradient_checkpointing"],
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
 def build_trainer(config: TrainConfig, model, tokenizer, train_set, eval_set, staging_dir: Path, speed: dict,
@@ -192,12 +212,12 @@ def build_trainer(config: TrainConfig, model, tokenizer, train_set, eval_set, st
     """The Trainer our path uses (shared by ``train`` and the benchmark). ``bookkeeping=False`` (benchmarks)
     turns off evaluation and saving; ``baseline_eval`` scores the untrained model at step 0, so the
     validation curve starts at the base model."""
-    import torch
+    from ..devices import detect_device, pick_precision
 
-    bf16 = next(model.parameters()).dtype == torch.bfloat16
     bookkeeping_off = {} if bookkeeping else {"eval_strategy": "no", "save_strategy": "no"}
-    args = training_arguments(config, staging_dir, bf16, progress, eval_on_start=bookkeeping and baseline_eval,
-                              **speed_arguments(speed), **bookkeeping_off)
+    flags = precision_arguments(pick_precision(detect_device()))
+    args = training_arguments(config, staging_dir, flags.pop("bf16"), progress, eval_on_start=bookkeeping and baseline_eval,
+                              **flags, **speed_arguments(speed), **bookkeeping_off)
     return metered_trainer_class()(
         model=model,
         args=args,
@@ -218,10 +238,14 @@ def evaluate_last_step(trainer) -> None:
         trainer.evaluate()
 
 
-def _out_of_memory(exc: Exception) -> TrainingError:
-    return TrainingError(f"the GPU ran out of memory ({str(exc).splitlines()[0]}). Fix: lower batch_size (raise "
-                         f"grad_accum to keep the effective batch), shorten max_seq_length, or set "
-                         f"gradient_checkpointing=True.")
+def out_of_memory_error(exc: Exception, config: TrainConfig, device) -> TrainingError:
+    """The OOM as one message naming the memory planner's change (the first that fits, or else the next one)."""
+    plan = plan_memory(config, device)
+    change = plan.suggested or next(candidate_changes(config, device), None)
+    fix = (f"set {describe_change(change)} (the memory planner's suggestion)" if change else
+           "use a smaller model (phi3-tiny-offline) or a bigger GPU")
+    return TrainingError(f"the GPU ran out of memory ({str(exc).splitlines()[0]}); the planner estimates "
+                         f"{plan.needed / GB:.1f} GB for this config on {device.label}. Fix: {fix}.")
 
 
 # ----- the one entry point -------------------------------------------------------------------------
@@ -229,12 +253,15 @@ def train(config: TrainConfig, callbacks=None, resume: bool = True, progress: bo
     """Fine-tune ``config.model`` with LoRA into ``config.run``; resume from its last complete checkpoint."""
     import torch
 
+    from ..devices import detect_device
     from ..models import load_tokenizer, pick_device
 
     notices: list[str] = []
     config = check_config(config)
     check_data(config)
     device = pick_device()
+    device_info = detect_device()
+    config = replan_for_device(config, device_info, notices)
     speed = resolve_speed(config, device, notices)
     run = config.run
     run.folder.mkdir(parents=True, exist_ok=True)
@@ -262,16 +289,18 @@ def train(config: TrainConfig, callbacks=None, resume: bool = True, progress: bo
                             baseline_eval=start_from is None)  # a resumed run already has its step-0 point
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    before = memory_now()
     began = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
         evaluate_last_step(trainer)
     except torch.cuda.OutOfMemoryError as exc:
-        raise _out_of_memory(exc) from None
+        raise out_of_memory_error(exc, config, device_info) from None
     wall = time.perf_counter() - began
     shutil.rmtree(run.staging_dir, ignore_errors=True)
 
     summary = run_summary(config, trainer, model, device, speed, history, notices, start_from, wall)
+    summary["memory"] = memory_summary(config, device_info, before, trainer.meter.largest_batch)
     save_adapter(run, config, model, tokenizer, history, summary)
     return TrainResult(output_dir=run.folder, adapter_dir=run.adapter_dir, history=history, summary=summary)
 
@@ -324,12 +353,14 @@ def run_summary(config: TrainConfig, trainer, model, device: str, speed: dict, h
 def describe_summary(summary: dict) -> str:
     """The run's headline numbers in a few lines (what the notebook and CLI show)."""
     validation = summary["final_validation_loss"]
+    memory = describe_memory(summary["memory"]) if "memory" in summary else [
+        f"peak memory: {summary['peak_memory_bytes'] / GB:.2f} GB ({summary['peak_memory_kind']})"]
     return "\n".join([
         f"steps: {summary['steps']} (resumed from step {summary['resumed_from_step']})" if summary["resumed_from_step"]
         else f"steps: {summary['steps']}",
         f"device: {summary['device']} ({summary['dtype']})",
         f"non-pad tokens/s: {summary['non_pad_tokens_per_second']:,.0f} ({summary['trained_tokens']:,} tokens)",
-        f"peak memory: {summary['peak_memory_bytes'] / 2**30:.2f} GiB ({summary['peak_memory_kind']})",
+        *memory,
         f"wall time: {summary['wall_seconds'] / 60:.1f} min",
         f"final train loss: {summary['final_train_loss']:.3f}",
         f"final validation loss: {validation:.3f}" if validation is not None else "final validation loss: -",
