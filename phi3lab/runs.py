@@ -96,6 +96,10 @@ class RunFolder:
         """Where ``merge_and_save`` puts the standalone model (base weights with the adapter folded in)."""
         return self.folder / "merged"
 
+    def export_dir(self, variant: str) -> Path:
+        """Where ``phi3lab.export`` writes one export of the run: ``exports/<variant>`` (e.g. ``onnx-int4-cpu``)."""
+        return self.folder / "exports" / variant
+
     @property
     def history_file(self) -> Path:
         return self.adapter_dir / HISTORY_NAME
@@ -222,3 +226,59 @@ def config_for(run: str | os.PathLike | RunFolder | None = None):
 
     print("no finished training run yet (notebook 02): using the course's default settings")
     return default_config()
+
+
+# ----- runs you can compare: named from what they changed, listed with how they ended ----------------
+SHORT_NAMES = {"learning_rate": "lr", "batch_size": "batch", "grad_accum": "accum", "max_seq_length": "seq",
+               "max_steps": "steps", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
+               "warmup_ratio": "warmup", "train_file": "train", "validation_file": "val", "target_modules": "targets"}
+
+
+def changed_settings(config, defaults=None) -> dict:
+    """The settings that shape what a run learns (``training.checkpoints.RUN_FIELDS``) and differ from
+    ``defaults`` (the course defaults, ``TrainConfig()``, unless given)."""
+    from .config import TrainConfig
+    from .training.checkpoints import RUN_FIELDS
+
+    defaults = defaults or TrainConfig()
+    return {name: getattr(config, name) for name in RUN_FIELDS if getattr(config, name) != getattr(defaults, name)}
+
+
+def suggest_run_name(config, defaults=None, prefix: str = "lora") -> str:
+    """A run name from what differs from the defaults: ``lora`` at the defaults, ``lora-lr5e-4-r8`` otherwise."""
+    parts = [prefix, *(_name_part(name, value) for name, value in changed_settings(config, defaults).items())]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(parts))
+
+
+def _name_part(name: str, value) -> str:
+    """``lr5e-4``, ``r8``, ``val-auto``, ``train-mydata``, ``packing-off``, ``targets-qkv_proj.o_proj``."""
+    short = SHORT_NAMES.get(name, name)
+    if name == "learning_rate":
+        mantissa, exponent = f"{value:.1e}".split("e")
+        return f"{short}{mantissa.removesuffix('.0')}e{int(exponent)}"
+    if name.endswith("_file"):
+        return f"{short}-{Path(value).stem if value else 'auto'}"
+    if isinstance(value, bool):
+        return f"{short}-{'on' if value else 'off'}"
+    if isinstance(value, (list, str)):
+        return f"{short}-{value if isinstance(value, str) else '.'.join(value)}"
+    return f"{short}{value}"
+
+
+def run_record(run: str | os.PathLike | RunFolder) -> dict:
+    """One finished run's name (relative to the runs root), the settings it changed from the defaults, its
+    final losses (from its history) and its steps and wall time (from ``summary.json``)."""
+    run = find_run(run)
+    summary = run.summary() if run.summary_file.is_file() else {}
+    history = run.history() if run.history_file.is_file() else None
+    name = run.folder.relative_to(runs_root()).as_posix() if run.folder.is_relative_to(runs_root()) else str(run.folder)
+    return {"run": name, "changed": changed_settings(run.config()), "steps": summary.get("steps"),
+            "train_loss": history and history.last("train"), "validation_loss": history and history.last("validation"),
+            "minutes": round(summary.get("wall_seconds", 0) / 60, 1)}
+
+
+def run_records(under: str | None = None) -> list[dict]:
+    """``run_record`` of every finished chat run under the runs root (or only inside its folder ``under``),
+    oldest first."""
+    records = [run_record(run) for run in training_runs(nested=True)]
+    return [r for r in records if not under or r["run"].startswith(under.rstrip("/") + "/")]
