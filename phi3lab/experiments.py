@@ -6,15 +6,19 @@ trains the short ones notebook 04 compares.
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
 import re
 from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
 
-from .config import default_config, is_ci_profile
+from .config import CI_PROFILE, default_config, is_ci_profile
 from .io import atomic_write_text
-from .runs import RunFolder, azure_history_file, find_run, latest_run, run_folder
+from .paths import REPO_ROOT, repo_path
+from .runs import RunFolder, azure_history_file, find_run, latest_run, run_folder, run_record, run_records
 
 FALLBACK_RUN = "lora-short"  # the short run notebook 04 trains for itself when notebook 02 has not run
 EXPERIMENTS = "experiments"  # sub-folder of the runs root for experiment runs (kept out of "the latest run")
@@ -54,7 +58,91 @@ def training_histories(run: str | os.PathLike | RunFolder | None = None) -> dict
     return histories
 
 
-# ----- iterate: compare two settings ---------------------------------------------------------------
+# ----- runs side by side ---------------------------------------------------------------------------
+@dataclass
+class RunTable:
+    """Runs with what each changed and how it ended (rows from ``phi3lab.runs.run_record``): plain text in a
+    terminal, a table in a notebook."""
+
+    rows: list[dict]
+    changed_from: str = "the defaults"
+
+    HEADINGS = ("run", "steps", "train loss", "val loss", "perplexity", "minutes")
+
+    def cells(self, row: dict) -> list[str]:
+        def number(value, fmt):
+            return "-" if value is None else format(value, fmt)
+
+        loss = row["validation_loss"]
+        return [row["run"], number(row["steps"], "d"), number(row["train_loss"], ".3f"), number(loss, ".3f"),
+                number(None if loss is None else math.exp(loss), ".2f"), number(row["minutes"], ".1f"),
+                describe_settings(row["changed"])]
+
+    def __str__(self) -> str:
+        if not self.rows:
+            return "no finished runs yet"
+        table = [[*self.HEADINGS, f"changed from {self.changed_from}"], *map(self.cells, self.rows)]
+        widths = [max(len(r[i]) for r in table) for i in range(len(self.HEADINGS))]
+        return "\n".join("  ".join([r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:-1], widths[1:],
+                                                                                       strict=True)), r[-1]])
+                         for r in table)
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in (*self.HEADINGS, f"changed from {self.changed_from}"))
+        body = "".join("<tr>" + "".join(f"<td style='text-align:left'>{html.escape(c)}</td>" for c in self.cells(r))
+                       + "</tr>" for r in self.rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def describe_settings(changed: dict) -> str:
+    """``learning_rate=0.01, lora_r=8``; data files by their file name."""
+    shown = {k: Path(v).name if k.endswith("_file") and v else v for k, v in changed.items()}
+    return ", ".join(f"{k}={v}" for k, v in shown.items()) or "nothing"
+
+
+def compare_runs(under: str | None = None) -> RunTable:
+    """Every finished run (or those inside the runs-root folder ``under``, e.g. ``experiments``) with the
+    settings it changed from the course defaults and its final losses."""
+    return RunTable(run_records(under))
+
+
+# ----- reading a loss curve ---------------------------------------------------------------------------
+PATTERNS = ("healthy", "overfitting", "unstable", "too slow")
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    pattern: str  # one of PATTERNS, or "unknown" when the history is too short to tell
+    evidence: str
+
+    def __str__(self) -> str:
+        return f"{self.pattern}: {self.evidence}"
+
+
+def diagnose(history) -> Diagnosis:
+    """Name a run's loss pattern from its validation curve (and training loss), with the numbers behind it.
+
+    unstable: the validation loss ends above where the untrained model started (the updates overshoot);
+    overfitting: it fell to a minimum, then rose clearly while training went on;
+    too slow: it fell by less than 3% of its start; healthy: it fell and ends at (or near) its lowest point.
+    """
+    steps, values = history.series("validation")
+    if len(values) < 2:
+        return Diagnosis("unknown", "needs the validation loss at the start and at least once later")
+    start, end, best = values[0], values[-1], min(values)
+    best_step = steps[values.index(best)]
+    summary = f"validation loss {start:.2f} at step {steps[0]}, lowest {best:.2f} at step {best_step}, " \
+              f"{end:.2f} at step {steps[-1]}"
+    if end > start:
+        return Diagnosis("unstable", f"{summary}: worse than the untrained model")
+    if end > best + max(0.03, 0.02 * best):
+        return Diagnosis("overfitting", f"{summary}: rose again after its lowest point")
+    if start - end < 0.03 * start:
+        return Diagnosis("too slow", f"{summary}: fell by {100 * (start - end) / start:.1f}% only")
+    return Diagnosis("healthy", f"{summary}: fell by {100 * (start - end) / start:.0f}% and ends near its lowest")
+
+
+# ----- iterate: short runs that differ in one setting --------------------------------------------------
 @dataclass
 class Experiment:
     """Short training runs that differ in one or two settings, scored on the validation loss."""
@@ -65,43 +153,99 @@ class Experiment:
     def histories(self) -> dict:
         return {name: result.history for name, result in self.results.items()}
 
-    def rows(self) -> list[tuple[str, str, int, float, float]]:
-        rows = []
-        for name, result in self.results.items():
-            changed = ", ".join(f"{k}={v}" for k, v in self.variants[name].items())
-            loss = result.history.last("validation")
-            rows.append((name, changed, result.summary.get("steps", 0), loss, math.exp(loss)))
-        return rows
-
-    def table(self) -> str:
-        lines = [f"{'run':<14}{'settings':<36}{'steps':>6}{'val loss':>10}{'perplexity':>12}"]
-        lines += [f"{n:<14}{c:<36}{s:>6}{loss:>10.3f}{ppl:>12.2f}" for n, c, s, loss, ppl in self.rows()]
-        return "\n".join(lines)
+    def table(self) -> RunTable:
+        """Each variant with the settings it changed and its final losses."""
+        rows = [{**run_record(result.run), "run": name, "changed": self.variants[name]}
+                for name, result in self.results.items()]
+        return RunTable(rows, changed_from="the experiment's base")
 
     def __str__(self) -> str:
-        return self.table()
+        return str(self.table())
+
+    def _repr_html_(self) -> str:
+        return self.table()._repr_html_()
 
     def best(self) -> str:
-        return min(self.rows(), key=lambda row: row[3])[0]
+        """The variant with the lowest final validation loss."""
+        return min(self.results, key=lambda name: self.results[name].history.last("validation"))
+
+    def diagnoses(self) -> dict[str, Diagnosis]:
+        return {name: diagnose(result.history) for name, result in self.results.items()}
 
 
-def run_experiment(variants: dict[str, dict], preset: str = "quick look", root: str = EXPERIMENTS) -> Experiment:
-    """Train one short run per variant (``{name: {setting: value}}``, changes to the preset) and
-    collect their validation losses. Each run starts fresh in the run ``<root>/<name>``."""
-    from .evaluation import load_validation
+def run_experiment(variants: dict[str, dict], preset: str = "quick look", root: str = EXPERIMENTS,
+                   base: dict | None = None, validation_limit: int | None = None, eval_every: int | None = None,
+                   fresh: bool = False) -> Experiment:
+    """Train one short run per variant and collect their losses.
+
+    Each variant (``{name: {setting: value}}``) changes ``base`` (changes to the preset); the special setting
+    ``train_subset: n`` trains on the first n conversations only. Every run has its own folder
+    ``<root>/<name>``; a run that already finished with the same settings is reused unless ``fresh``.
+    The validation loss is scored on the first ``validation_limit`` conversations (``CI_LIMIT`` under the CI
+    profile) at the start, every ``eval_every`` steps (default: only at the end) and at the end. Under the
+    CI profile its step limits win over the variants' (a few steps each).
+    """
+    from .evaluation import CI_LIMIT
     from .training.trainer import train
 
-    scoring = {}
-    if is_ci_profile():  # score on the same few conversations load_validation() gives under CI
-        subset = run_folder(root).folder / "validation-ci.jsonl"
-        atomic_write_text(subset, "".join(json.dumps({"messages": c}) + "\n" for c in load_validation()))
-        scoring = {"validation_file": str(subset)}
+    limit = CI_LIMIT if is_ci_profile() else validation_limit
+    folder = run_folder(root).folder
     results = {}
-    for name, changes in variants.items():
-        folder = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
-        # one validation pass at the end is enough to compare runs (train() always ends with one)
-        config = default_config(preset, run_name=f"{root}/{folder}", **{**scoring, **changes})
-        config = config.update(eval_steps=max(config.eval_steps, config.max_steps if config.max_steps > 0 else 1))
-        print(f"training {name!r} ({', '.join(f'{k}={v}' for k, v in changes.items())}) ...")
-        results[name] = train(config, resume=False, progress=False)
+    for name, variant in variants.items():
+        changes = {**(base or {}), **variant}
+        if is_ci_profile():
+            changes = {k: v for k, v in changes.items() if k not in CI_PROFILE}
+        subset = changes.pop("train_subset", None)
+        config = default_config(preset, run_name=f"{root}/{_folder_name(name)}", **changes)
+        if subset:
+            config = config.update(train_file=_first_conversations(config.train_file, subset, folder, "train"))
+        if limit:
+            config = config.update(validation_file=_first_conversations(config.validation_file, limit, folder,
+                                                                        "validation"))
+        steps = config.max_steps if config.max_steps > 0 else 1
+        config = config.update(eval_steps=eval_every or max(config.eval_steps, steps))
+        print(f"training {name!r} ({describe_settings(variant)}) ...")
+        results[name] = train(config, resume=not fresh, progress=False)
     return Experiment(variants, results)
+
+
+def _folder_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
+
+
+def _first_conversations(source: str, n: int, folder: Path, stem: str) -> str:
+    """The first ``n`` conversations of ``source`` in ``<folder>/<stem>-first<n>.jsonl`` (repo-relative when
+    inside the repository), written when missing."""
+    from .data import read_conversations
+
+    path = folder / f"{stem}-first{n}.jsonl"
+    if not path.is_file():
+        conversations = list(islice(read_conversations(repo_path(source)), n))
+        atomic_write_text(path, "".join(json.dumps({"messages": c}) + "\n" for c in conversations))
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+# ----- the loss-diagnosis lab (notebook 04) ----------------------------------------------------------------
+LAB_ROOT = f"{EXPERIMENTS}/loss-lab"
+LAB_BASE = {"batch_size": 2, "max_steps": 30, "max_seq_length": 256}  # on top of "quick look": short and cheap
+LOSS_LAB = {  # named by letter, so the name gives nothing away before the learner predicts
+    "A": {},
+    "B": {"train_subset": 8, "epochs": 10, "max_steps": -1},
+    "C": {"learning_rate": 1e-2},
+}
+LAB_VALIDATION = 16  # conversations the lab's validation loss is scored on
+LAB_EVAL_EVERY = 5
+
+
+def loss_lab(variants: dict[str, dict] | None = None, fresh: bool = False) -> Experiment:
+    """The lab's runs (``LOSS_LAB`` unless given): same base, validation subset and evaluation cadence."""
+    return run_experiment(variants or LOSS_LAB, root=LAB_ROOT, base=LAB_BASE, validation_limit=LAB_VALIDATION,
+                          eval_every=LAB_EVAL_EVERY, fresh=fresh)
+
+
+def try_change(changes: dict, baseline: str = "A") -> Experiment:
+    """The lab's ``baseline`` run next to the same run with ``changes``: one change, one comparison."""
+    if not changes or not isinstance(changes, dict):
+        raise ValueError("try_change needs the settings to change, e.g. {'learning_rate': 5e-5}")
+    name = f"{baseline} + " + ", ".join(f"{k} {v}" for k, v in changes.items())
+    return loss_lab({baseline: LOSS_LAB[baseline], name: {**LOSS_LAB[baseline], **changes}})

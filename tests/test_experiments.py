@@ -82,34 +82,46 @@ def test_training_histories_add_the_azure_job_when_notebook_03_saved_one(runs_ro
     assert list(histories) == ["local", "Azure"] and histories["Azure"].source == "azure"
 
 
-def test_experiment_table_ranks_runs_by_validation_loss():
-    results = {name: SimpleNamespace(history=history_with(loss), summary={"steps": 4})
-               for name, loss in (("lr 5e-5", 2.9), ("lr 5e-4", 2.1))}
+def test_experiment_table_ranks_runs_by_validation_loss(runs_root):
+    results = {name: SimpleNamespace(history=history_with(loss), run=fake_finished_run(f"exp/{folder}", loss))
+               for name, folder, loss in (("lr 5e-5", "slow", 2.9), ("lr 5e-4", "fast", 2.1))}
     experiment = experiments.Experiment({"lr 5e-5": {"learning_rate": 5e-5}, "lr 5e-4": {"learning_rate": 5e-4}},
                                         results)
     assert experiment.best() == "lr 5e-4"
-    lines = experiment.table().splitlines()
-    assert "learning_rate=0.0005" in lines[2] and f"{math.exp(2.1):.2f}" in lines[2]
+    lines = str(experiment).splitlines()
+    assert lines[0].split()[:2] == ["run", "steps"] and "changed from the experiment's base" in lines[0]
+    assert lines[2].startswith("lr 5e-4") and "learning_rate=0.0005" in lines[2] and f"{math.exp(2.1):.2f}" in lines[2]
+    assert "<td style='text-align:left'>lr 5e-5</td>" in experiment._repr_html_()
     assert set(experiment.histories()) == {"lr 5e-5", "lr 5e-4"}
 
 
-def test_experiment_trains_each_variant_and_scores_it_on_the_ci_subset(runs_root, monkeypatch, tmp_path_factory):
+def test_experiment_trains_each_variant_and_scores_it_on_the_ci_subset(runs_root, monkeypatch, tmp_path_factory,
+                                                                      capsys):
     from phi3lab import models, runs
 
     tiny_dir = make_tiny_phi3(tmp_path_factory.mktemp("tiny-exp"))
     monkeypatch.setattr(models, "model_source", lambda name: str(tiny_dir))
     monkeypatch.setenv("PHI3LAB_PROFILE", "ci")
     fake_finished_run("lora")
-    experiment = experiments.run_experiment({"slow": {"learning_rate": 1e-5}, "fast": {"learning_rate": 5e-3}},
-                                            root="exp")
-    assert set(experiment.results) == {"slow", "fast"} and experiment.best() in {"slow", "fast"}
+    variants = {"slow": {"learning_rate": 1e-5}, "few": {"train_subset": 6, "max_steps": 50, "epochs": 3}}
+    experiment = experiments.run_experiment(variants, root="exp")
+    assert set(experiment.results) == {"slow", "few"} and experiment.best() in {"slow", "few"}
     for name, result in experiment.results.items():
-        assert result.summary["steps"] == 4
+        assert result.summary["steps"] == 4, "under the CI profile its step limit wins over the variant's"
         assert result.history.series("validation")[0] == [0, 4]  # the base model, then the end
         assert (runs_root / "exp" / name / "adapter" / "adapter_config.json").is_file()
-    subset = runs_root / "exp" / "validation-ci.jsonl"
+    subset = runs_root / "exp" / f"validation-first{evaluation.CI_LIMIT}.jsonl"
     assert len(subset.read_text().splitlines()) == evaluation.CI_LIMIT
+    assert len((runs_root / "exp" / "train-first6.jsonl").read_text().splitlines()) == 6
+    few = runs.find_run("exp/few").config()
+    assert few.train_file.endswith("train-first6.jsonl") and few.epochs == 3
     assert runs.latest_run().name == "lora", "experiment runs in sub-folders are not 'the latest run'"
+
+    capsys.readouterr()
+    again = experiments.run_experiment(variants, root="exp")  # the same settings: the finished runs are reused
+    assert "already finished" in capsys.readouterr().out
+    assert again.results["slow"].summary == experiment.results["slow"].summary
+    assert [r["run"] for r in runs.run_records("exp")] == ["exp/slow", "exp/few"]
 
 
 def test_the_validation_set_comes_from_the_run(runs_root, tmp_path):
@@ -118,3 +130,64 @@ def test_the_validation_set_comes_from_the_run(runs_root, tmp_path):
     chat = write_chat(tmp_path, "held-out", 3)
     run = fake_finished_run("mine", validation_file=str(chat))
     assert len(evaluation.load_validation(run)) == 3
+
+
+# ----- naming and listing runs -------------------------------------------------------------------------
+def test_a_run_is_named_from_what_differs_from_the_defaults():
+    from phi3lab.runs import changed_settings, suggest_run_name
+
+    assert suggest_run_name(TrainConfig()) == "lora"
+    assert suggest_run_name(TrainConfig(eval_steps=7, save_steps=3, run_name="x")) == "lora", "bookkeeping is no change"
+    config = TrainConfig(learning_rate=5e-4, lora_r=8, validation_file=None, target_modules=["qkv_proj", "o_proj"])
+    name = suggest_run_name(config)
+    assert name == "lora-val-auto-lr5e-4-r8-targets-qkv_proj.o_proj"
+    assert TrainConfig(run_name=name).run_name == name, "the suggestion is a valid run name"
+    assert suggest_run_name(TrainConfig(learning_rate=1.5e-5, packing=False)) == "lora-lr1.5e-5-packing-off"
+    base = TrainConfig(lora_r=8)
+    assert suggest_run_name(TrainConfig(lora_r=8, epochs=3), defaults=base, prefix="A") == "A-epochs3"
+    assert changed_settings(config) == {"validation_file": None, "learning_rate": 5e-4, "lora_r": 8,
+                                        "target_modules": ["qkv_proj", "o_proj"]}
+
+
+def test_compare_runs_lists_settings_and_final_losses(runs_root):
+    fake_finished_run("lora", 2.6)
+    fake_finished_run("lora-lr5e-4", 2.4, learning_rate=5e-4)
+    fake_finished_run("experiments/lab/C", 3.9, learning_rate=1e-2, train_file="runs/x/train-first8.jsonl")
+    (runs_root / "unfinished" / "checkpoint-2").mkdir(parents=True)
+    table = experiments.compare_runs()
+    assert [row["run"] for row in table.rows] == ["lora", "lora-lr5e-4", "experiments/lab/C"]
+    lines = str(table).splitlines()
+    assert lines[0].split()[:6] == ["run", "steps", "train", "loss", "val", "loss"]
+    assert lines[1].split()[1:] == ["4", "2.000", "2.600", f"{math.exp(2.6):.2f}", "0.0", "nothing"]
+    assert lines[2].endswith("learning_rate=0.0005")
+    assert lines[3].endswith("train_file=train-first8.jsonl, learning_rate=0.01")
+    assert [row["run"] for row in experiments.compare_runs("experiments").rows] == ["experiments/lab/C"]
+    assert str(experiments.compare_runs("nothing-here")) == "no finished runs yet"
+
+
+def diagnosis_of(validation: list[float], train: list[float] | None = None) -> str:
+    history = MetricsHistory(run="x")
+    for step, loss in enumerate(validation):
+        history.add(step * 5, "validation", loss)
+    for step, loss in enumerate(train or []):
+        history.add(step * 5 + 1, "train", loss)
+    return experiments.diagnose(history).pattern
+
+
+@pytest.mark.parametrize("validation, pattern", [
+    ([3.3, 3.0, 2.8, 2.7], "healthy"),
+    ([3.3, 2.9, 2.7, 2.8, 3.0], "overfitting"),
+    ([3.3, 4.5, 6.0, 5.1], "unstable"),
+    ([3.3, 3.29, 3.27], "too slow"),
+    ([3.3], "unknown"),
+])
+def test_diagnose_names_the_loss_pattern(validation, pattern):
+    assert diagnosis_of(validation) == pattern
+
+
+def test_a_diagnosis_gives_its_evidence():
+    history = MetricsHistory(run="x")
+    for step, loss in [(0, 3.3), (10, 2.7), (20, 3.0)]:
+        history.add(step, "validation", loss)
+    assert str(experiments.diagnose(history)) == ("overfitting: validation loss 3.30 at step 0, lowest 2.70 at step "
+                                                  "10, 3.00 at step 20: rose again after its lowest point")
