@@ -155,8 +155,36 @@ def package_architecture():
     return fig
 
 
+def portal_finetuning_wizard():
+    """The portal's fine-tuning path, step by step, with the code that does the same in notebook 03."""
+    fig, ax = canvas(16, 6.8, "Fine-tuning in the Azure AI Foundry portal, step by step (and the same step in code)")
+    steps = [
+        ("1  Open the project", "ai.azure.com: your\nhub-based project", PURPLE, "settings: project (notebook 00)"),
+        ("2  Model catalog", "pick a model that\noffers Fine-tune", BLUE, "CATALOG, azure_model_name()"),
+        ("3  Basics", "task type: Chat completion;\nmodel name suffix", ORANGE, "task fixed: chat completion"),
+        ("4  Training data", "upload the chat JSONL\n(notebook 01)", ORANGE, "TrainConfig.train_file"),
+        ("5  Validation data", "a file, or an\nautomatic split", ORANGE, "validation_file (None: split)"),
+        ("6  Task parameters", "batch size and learning\nrate multipliers, epochs", ORANGE,
+         "batch_size, learning_rate,\nepochs (absolute values)"),
+        ("7  Review, Submit", "the job is created\nand billed by tokens", RED, "submit_finetuning(confirm=True)"),
+        ("8  Fine-tuning tab", "Queued, Running,\nCompleted; Refresh", GREEN, "monitor_job / watch()"),
+    ]
+    w, h = 3.2, 1.45
+    for i, (title, body, colour, code) in enumerate(steps):
+        x, y = 2.0 + (i % 4) * 4.0, 5.0 if i < 4 else 2.1
+        box(ax, x, y, w, h, title, body, colour, size=12)
+        note(ax, x, y - h / 2 - 0.3, f"code: {code}", ha="center", va="top", size=9.5, style="italic",
+             linespacing=1.3)
+        if i % 4 != 3:
+            arrow(ax, (x + w / 2 + 0.05, y), (x + 4.0 - w / 2 - 0.05, y))
+    arrow(ax, (14.0, 5.0 - h / 2 - 0.75), (2.0, 2.1 + h / 2 + 0.05))
+    note(ax, 15.75, 0.2, "The wizard takes multipliers of the service's default batch size and learning rate; "
+         "the SDK and the course's config take absolute values.", ha="right", size=10, colour=RED)
+    return fig
+
+
 DIAGRAMS = {"pipeline_overview": pipeline_overview, "lora_on_phi3": lora_on_phi3, "azure_resources": azure_resources,
-            "package_architecture": package_architecture}
+            "package_architecture": package_architecture, "portal_finetuning_wizard": portal_finetuning_wizard}
 
 
 def main(out_dir: Path) -> None:
