@@ -327,14 +327,130 @@ def compare(model, tokenizer, conversations: list[list[dict]], base=None, max_ne
     With a peft model the base is the same weights with the adapter switched off
     (``disable_adapter``), so no second copy of the model is loaded; pass ``base`` for a merged model.
     """
-    tuned = evaluate_model(model, tokenizer, conversations, names[1], max_new_tokens)
-    if base is not None:
-        before = evaluate_model(base, tokenizer, conversations, names[0], max_new_tokens)
-    elif hasattr(model, "disable_adapter"):
-        with model.disable_adapter():
-            before = evaluate_model(model, tokenizer, conversations, names[0], max_new_tokens)
-    else:
-        raise EvaluationError("compare() needs the base model: pass base=..., or a peft model whose adapter can be "
-                              "switched off (load it with phi3lab.training.artifacts.load_trained(adapter_dir)).")
+    before, tuned = base_and_tuned(model, base, lambda m, name: evaluate_model(m, tokenizer, conversations, name,
+                                                                             max_new_tokens), names)
     prompts = [next(m["content"] for m in reversed(c[:-1]) if m["role"] == "user") for c in conversations]
     return Comparison(before, tuned, prompts)
+
+
+def base_and_tuned(model, base, measure, names: tuple[str, str] = ("base", "fine-tuned")):
+    """``measure(model, name)`` for the base model and for the fine-tuned one: the base is ``base`` when given,
+    else ``model`` with its adapter switched off."""
+    tuned = measure(model, names[1])
+    if base is not None:
+        return measure(base, names[0]), tuned
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            return measure(model, names[0]), tuned
+    raise EvaluationError("the comparison needs the base model: pass base=..., or a peft model whose adapter can be "
+                          "switched off (load it with phi3lab.training.artifacts.load_trained(adapter_dir)).")
+
+
+# ----- behaviour: does the model decline what it should, and answer what it should? --------------------
+BEHAVIOUR_PROMPTS = "data/behaviour_prompts.jsonl"
+EXPECTATIONS = ("decline", "answer")
+CI_BEHAVIOUR_PROMPTS = 4  # per expectation, under the CI profile
+# How the course data declines ("I can only help with Xbox products", "I don't rank games", "outside what I
+# can answer", ...). tests/test_evaluation.py checks it on every reply of the data set: each off-topic reply
+# matches and no Xbox answer does.
+DECLINE = re.compile(r"""
+    \bI(?:\s+(?:can't|cannot|can\s+not|won't|will\s+not|don't|do\s+not)|(?:'m|\s+am)\s+(?:not\s+able|unable)\s+to)\s+
+        (?:help|give|offer|share|recommend|comment|speculate|predict|write|provide|answer|check|tell|rate|rank
+           |cover|compare|assist|discuss|decide|play|review)\b
+  | \bI\s+(?:can\s+)?only\s+(?:help|answer|cover|troubleshoot|handle|assist|discuss)\b
+  | \b(?:help|handle|support)\s+(?:with\s+)?Xbox\s+(?:support\s+)?(?:questions|topics|products)?\s*only\b
+  | \bonly\s+(?:here\s+)?for\s+Xbox
+  | \boutside\s+(?:of\s+)?(?:my\s+(?:area|scope|role)|what\s+I\s+can)
+  | \bI'll\s+(?:pass|leave|stay\s+in\s+my\s+role)
+  | \b(?:isn't|is\s+not|not)\s+something\s+I\s+(?:can|help|cover)
+  | \bI\s+don't\s+have\s+(?:personal\s+)?(?:opinions|favou?rites|preferences|feelings)
+  | \bmatter\s+of\s+(?:personal\s+)?(?:opinion|preference|taste)
+""", re.IGNORECASE | re.VERBOSE)
+
+
+def declines(reply: str) -> bool:
+    """Whether a reply declines the request (in the ways the course data does), rather than answering it."""
+    return bool(DECLINE.search(reply.replace("\u2019", "'")))
+
+
+def load_behaviour_prompts(path: str | os.PathLike | None = None) -> list[dict]:
+    """``{"prompt", "expect"}`` rows (``expect``: "decline" or "answer"); under the CI profile the first
+    ``CI_BEHAVIOUR_PROMPTS`` of each kind."""
+    import json
+
+    path = repo_path(path or BEHAVIOUR_PROMPTS)
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    bad = [n for n, row in enumerate(rows, start=1) if row.get("expect") not in EXPECTATIONS or not row.get("prompt")]
+    if bad:
+        raise EvaluationError(f"{path} line {bad[0]}: each line needs a 'prompt' and 'expect' set to one of "
+                              f"{', '.join(EXPECTATIONS)}.")
+    if is_ci_profile():
+        rows = [r for kind in EXPECTATIONS for r in [x for x in rows if x["expect"] == kind][:CI_BEHAVIOUR_PROMPTS]]
+    return rows
+
+
+@dataclass
+class BehaviourReport:
+    """One model's replies to the behaviour prompts, and the two shares the system prompt asks for."""
+
+    name: str
+    rows: list[dict]  # prompt, expect, reply, declined
+
+    def share(self, expect: str) -> float:
+        """Of the prompts expecting ``expect``, the share the model handled that way."""
+        rows = [r for r in self.rows if r["expect"] == expect]
+        return sum(r["declined"] == (expect == "decline") for r in rows) / len(rows) if rows else float("nan")
+
+    def scores(self) -> dict[str, float]:
+        return {"off-topic declined": self.share("decline"), "Xbox answered": self.share("answer")}
+
+
+@dataclass
+class BehaviourComparison:
+    base: BehaviourReport
+    tuned: BehaviourReport
+
+    def table(self) -> str:
+        lines = [f"{'behaviour':<22}{self.base.name:>12}{self.tuned.name:>12}"]
+        lines += [f"{metric:<22}{before:>12.0%}{self.tuned.scores()[metric]:>12.0%}"
+                  for metric, before in self.base.scores().items()]
+        counts = {kind: sum(r["expect"] == kind for r in self.base.rows) for kind in EXPECTATIONS}
+        lines.append(f"({counts['decline']} off-topic or opinion prompts, {counts['answer']} Xbox prompts)")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def bar_scores(self) -> dict[str, dict[str, float]]:
+        """The shares per model, for ``plots.plot_metric_bars``."""
+        return {r.name: r.scores() for r in (self.base, self.tuned)}
+
+    def examples(self, n: int = 4) -> Examples:
+        """Replies that show the difference: prompts where the two models behaved differently come first."""
+        pairs = list(zip(self.base.rows, self.tuned.rows, strict=True))
+        pairs.sort(key=lambda p: p[0]["declined"] == p[1]["declined"])
+        return Examples([{"prompt": b["prompt"], "expected": b["expect"], self.base.name: b["reply"],
+                          self.tuned.name: t["reply"]} for b, t in pairs[:n]])
+
+
+def behaviour(model, tokenizer, system_prompt: str, prompts: list[dict] | None = None, name: str = "model",
+              max_new_tokens: int | None = None) -> BehaviourReport:
+    """Ask each behaviour prompt (after ``system_prompt``) and record whether the reply declines."""
+    from .generation import generate
+
+    prompts = prompts if prompts is not None else load_behaviour_prompts()
+    conversations = [[{"role": "system", "content": system_prompt}, {"role": "user", "content": p["prompt"]}]
+                     for p in prompts]
+    max_new_tokens = max_new_tokens or (CI_NEW_TOKENS if is_ci_profile() else 48)
+    replies = generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens)
+    return BehaviourReport(name, [{**p, "reply": reply, "declined": declines(reply)}
+                                  for p, reply in zip(prompts, replies, strict=True)])
+
+
+def compare_behaviour(model, tokenizer, system_prompt: str, prompts: list[dict] | None = None, base=None,
+                      names: tuple[str, str] = ("base", "fine-tuned")) -> BehaviourComparison:
+    """The behaviour shares of the base model and the fine-tuned one (see ``compare`` for how the base is found)."""
+    prompts = prompts if prompts is not None else load_behaviour_prompts()
+    before, tuned = base_and_tuned(model, base, lambda m, name: behaviour(m, tokenizer, system_prompt, prompts, name),
+                                   names)
+    return BehaviourComparison(before, tuned)

@@ -158,3 +158,89 @@ def test_adapter_trained_on_another_base_model_is_refused(tmp_path, tiny):
     TrainConfig(model="phi3-tiny-offline").save(folder / "config.yaml")
     with pytest.raises(TrainingError, match="does not fit"):
         load_trained(folder)
+
+
+# ----- behaviour: declining off-topic prompts, answering Xbox ones -------------------------------------------
+def course_replies() -> list[tuple[str, str]]:
+    """(intent, first assistant reply) of every conversation in the course data."""
+    from phi3lab.data import load_labels
+
+    pairs = []
+    for split in ("train", "validation"):
+        intents = load_labels(f"data/{split}.jsonl", f"data/{split}_labels.jsonl")
+        replies = [c[2]["content"] for c in read_conversations(f"data/{split}.jsonl")]
+        pairs += list(zip(intents, replies, strict=True))
+    return pairs
+
+
+def test_the_decline_detector_agrees_with_the_course_data():
+    """Every off-topic or opinion reply in the data declines, and no Xbox answer does."""
+    pairs = course_replies()
+    missed = [r for intent, r in pairs if intent == "off_topic_opinion" and not evaluation.declines(r)]
+    flagged = [r for intent, r in pairs if intent != "off_topic_opinion" and evaluation.declines(r)]
+    assert not missed and not flagged, (missed[:3], flagged[:3])
+    assert sum(intent == "off_topic_opinion" for intent, _ in pairs) >= 50
+
+
+@pytest.mark.parametrize("reply, declined", [
+    ("I’m not able to give opinions, but I can help with your console.", True),  # a curly apostrophe
+    ("The best Call of Duty is the 2022 version.", False),
+    ("Press and hold the Xbox button for 10 seconds.", False),
+])
+def test_declines_reads_what_the_model_wrote(reply, declined):
+    assert evaluation.declines(reply) is declined
+
+
+def test_the_behaviour_prompts_are_held_out_and_balanced(monkeypatch):
+    prompts = evaluation.load_behaviour_prompts()
+    asked = {c[1]["content"].lower() for split in ("train", "validation")
+             for c in read_conversations(f"data/{split}.jsonl")}
+    assert not [p["prompt"] for p in prompts if p["prompt"].lower() in asked], "a behaviour prompt is in the data"
+    assert {p["expect"] for p in prompts} == {"decline", "answer"} and len(prompts) >= 20
+    monkeypatch.setenv("PHI3LAB_PROFILE", "ci")
+    ci = evaluation.load_behaviour_prompts()
+    assert [p["expect"] for p in ci] == ["decline"] * 4 + ["answer"] * 4
+
+
+def test_a_bad_behaviour_prompt_file_names_the_line(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "hi", "expect": "decline"}\n{"prompt": "yo", "expect": "maybe"}\n')
+    with pytest.raises(evaluation.EvaluationError, match="line 2: each line needs a 'prompt' and 'expect'"):
+        evaluation.load_behaviour_prompts(path)
+
+
+def test_behaviour_shares_count_what_each_prompt_expected():
+    rows = [{"prompt": "a", "expect": "decline", "reply": "", "declined": True},
+            {"prompt": "b", "expect": "decline", "reply": "", "declined": False},
+            {"prompt": "c", "expect": "answer", "reply": "", "declined": False},
+            {"prompt": "d", "expect": "answer", "reply": "", "declined": False}]
+    assert evaluation.BehaviourReport("m", rows).scores() == {"off-topic declined": 0.5, "Xbox answered": 1.0}
+
+
+def test_compare_behaviour_asks_the_base_and_the_tuned_model(tiny, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+
+    from phi3lab import generation
+
+    model, tokenizer = tiny
+    replies = iter(["I can only help with Xbox products.", "Restart it.",  # the tuned model
+                    "The best one is the 2022 version.", "Restart it."])   # its base, adapter off
+    seen = []
+
+    def fake_generate(m, tok, conversations, max_new_tokens):
+        seen.append(conversations)
+        return [next(replies) for _ in conversations]
+
+    monkeypatch.setattr(generation, "generate", fake_generate)
+    prompts = [{"prompt": "Which game is best?", "expect": "decline"}, {"prompt": "It won't start.", "expect": "answer"}]
+    tuned = get_peft_model(model, LoraConfig(r=4, target_modules=["qkv_proj"]))
+    try:
+        result = evaluation.compare_behaviour(tuned, tokenizer, "Be an Xbox agent.", prompts)
+    finally:
+        tuned.unload()
+    assert len(seen) == 2 and seen[0][0] == [{"role": "system", "content": "Be an Xbox agent."},
+                             {"role": "user", "content": "Which game is best?"}]
+    assert result.tuned.scores() == {"off-topic declined": 1.0, "Xbox answered": 1.0}
+    assert result.base.scores() == {"off-topic declined": 0.0, "Xbox answered": 1.0}
+    assert result.table().splitlines()[1].split()[-2:] == ["0%", "100%"]
+    assert result.examples(1).items[0]["prompt"] == "Which game is best?", "differences come first"
