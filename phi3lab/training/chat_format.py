@@ -15,6 +15,7 @@ from .errors import TrainingError, notice
 IGNORE_INDEX = -100  # the label value PyTorch's cross-entropy skips
 # Without a validation file, this share of the training conversations (seeded) becomes the validation set.
 VALIDATION_FRACTION = 0.1
+_NEXT_TURN = {"role": "user", "content": "?"}  # shows where a turn's own text ends and the next one would begin
 
 
 # ----- the labels mask ---------------------------------------------------------------------------
@@ -24,9 +25,10 @@ def assistant_char_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tup
     The stand-in's and Phi-3's chat templates have no ``{% generation %}`` markers, so
     ``return_assistant_tokens_mask`` cannot be used. Instead each assistant turn is located by
     rendering prefixes of the conversation with the model's own template: the turn starts where
-    the prompt up to it (with the generation prompt) ends, and runs until the rendering of the
-    conversation through that turn stops agreeing with the full text. That end includes the
-    end-of-turn token (``<|im_end|>``, ``<|end|>``), so the model learns to stop.
+    the prompt up to it (with the generation prompt) ends, and runs as far as the conversation
+    through that turn agrees with the same conversation continued by another user turn. That end
+    includes the end-of-turn token (``<|im_end|>``, ``<|end|>``), so the model learns to stop, and
+    excludes what a template appends after the last turn only (Phi's eos token).
     """
     def render(msgs, prompt=False):
         return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=prompt)
@@ -40,7 +42,8 @@ def assistant_char_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tup
         if not full.startswith(prompt):
             raise TrainingError("the model's chat template renders a conversation differently from its prefixes; "
                                 "assistant tokens cannot be located. Use a catalog model's tokenizer.")
-        end = len(os.path.commonprefix([render(messages[:i + 1]), full]))
+        through = messages[:i + 1]
+        end = len(os.path.commonprefix([render(through), render([*through, _NEXT_TURN]), full]))
         spans.append((len(prompt), end))
     return full, spans
 

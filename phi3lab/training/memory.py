@@ -10,7 +10,8 @@ Peak memory of one LoRA training step, part by part (bytes):
   gradients and AdamW's two moments: 16 bytes per parameter.
 - **activations**: what autograd keeps from the forward pass for the backward, per token and layer
   (``a`` = 2 bytes in 16-bit, 4 in fp32): 8·hidden (both RMSNorms upcast their input to fp32) +
-  a·(hidden + q/k/v width) + 3a·intermediate (MLP) + 4·heads (attention's log-sum-exp), plus for each
+  1.5a·(hidden + q/k/v width) (attention's inputs and output) + 3a·intermediate (MLP) + 4·heads
+  (attention's log-sum-exp) + 136 (small per-token tensors), plus for each
   adapted layer 8 bytes per input feature (fp32 copy of its input and the dropout mask; 4 without
   dropout). With gradient checkpointing a layer keeps only its input (a·hidden) and one layer is
   recomputed at a time. These coefficients are measured on transformers' Phi-3 code with peft
@@ -209,7 +210,8 @@ def lora_parameters(shape: ModelShape, config: TrainConfig) -> int:
 
 def activation_bytes_per_token(shape: ModelShape, config: TrainConfig, act: int) -> int:
     """Bytes autograd keeps per token in one decoder layer (coefficients measured, see the docstring)."""
-    base = 8 * shape.hidden + act * (shape.hidden + shape.qkv_width) + 3 * act * shape.intermediate + 4 * shape.heads
+    base = (8 * shape.hidden + 3 * act * (shape.hidden + shape.qkv_width) // 2 + 3 * act * shape.intermediate
+            + 4 * shape.heads + 136)
     per_input = 8 if config.lora_dropout > 0 else 4
     adapters = sum(per_input * i for name, (i, _) in shape.linear_layers().items() if name in config.target_modules)
     return base + adapters
