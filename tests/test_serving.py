@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,8 @@ import time
 
 import httpx
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from phi3lab.endpoints import LocalEndpoint, load_test, query_endpoint
 from phi3lab.monitoring import CallLog, read_log
@@ -239,3 +242,250 @@ def test_one_client_compares_the_local_and_an_azure_endpoint_side_by_side(server
     assert table["azure"][0] == f"Answer to: {PROMPTS[0]}" and all(table["local"])
     assert [r.errors for r in reports] == [0, 0]
     assert {r["kind"] for r in read_log(tmp_path / "calls.jsonl")} == {"local", "azure"}
+
+
+# ----- hostile requests, in process: the app on a tiny random Phi-3 and the stand-in's tokenizer ----------------
+SERVED = "tiny"
+HELLO = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+class CountingTokenizer:
+    """The real tokenizer, counting prompts it tokenises; ``delay`` makes each one slow, ``fail`` makes it raise."""
+
+    def __init__(self, tokenizer, delay: float = 0.0, fail: Exception | None = None):
+        self._tokenizer, self.delay, self.fail, self.prompts = tokenizer, delay, fail, 0
+
+    def apply_chat_template(self, *args, **kwargs):
+        self.prompts += 1
+        time.sleep(self.delay)
+        self.finished_at = time.perf_counter()
+        if self.fail:
+            raise self.fail
+        return self._tokenizer.apply_chat_template(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """(model, tokenizer): a one-layer random Phi-3 with a 256-token context, fast enough for property tests."""
+    import torch
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    from phi3lab.models import OFFLINE_MODEL, load_tokenizer
+
+    tokenizer = load_tokenizer(OFFLINE_MODEL)
+    config = Phi3Config(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    return Phi3ForCausalLM(config).eval(), tokenizer
+
+
+def _app(tiny, **kwargs):
+    from phi3lab.serving import build_app
+
+    model, tokenizer = tiny
+    return build_app(model, kwargs.pop("tokenizer", tokenizer), SERVED, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def client(tiny):
+    from fastapi.testclient import TestClient
+
+    with TestClient(_app(tiny), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def _openai_error(reply, status: int, param: str | None = None) -> str:
+    """The reply is ``status`` with OpenAI's error object (never plain text); returns its message."""
+    assert reply.status_code == status, reply.text
+    assert reply.headers["content-type"] == "application/json", reply.text
+    error = reply.json()["error"]
+    assert {"message", "type", "param", "code"} <= error.keys()
+    if param is not None:
+        assert error["param"] == param, error
+    return error["message"]
+
+
+def _post_raw(client, payload: dict):
+    # json.dumps escapes a lone surrogate as \udc00, exactly as a hostile client would send it.
+    return client.post("/v1/chat/completions", content=json.dumps(payload), headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize("payload, param, words", [
+    ({"messages": [{"role": "user", "content": "\udc00"}]}, "messages.0.content", "lone UTF-16 surrogate"),
+    ({"messages": [{"role": "user", "content": "ok \ud800 then"}]}, "messages.0.content", "character 3"),
+    ({**HELLO, "model": "\udc00"}, "model", "lone UTF-16 surrogate"),
+    ({**HELLO, "temperature": 1e-300}, "temperature", "use 0 for greedy decoding or at least 0.01"),
+    ({**HELLO, "temperature": 5e-324}, "temperature", "at least 0.01"),
+    ({**HELLO, "temperature": float("nan")}, "temperature", "temperature"),
+    ({**HELLO, "top_p": float("inf")}, "top_p", "top_p"),
+], ids=["lone-surrogate", "surrogate-inside-text", "surrogate-model-name", "temperature-1e-300",
+        "temperature-denormal", "temperature-nan", "top_p-inf"])
+def test_bad_text_and_degenerate_sampling_get_an_openai_400(client, payload, param, words):
+    assert words in _openai_error(_post_raw(client, payload), 400, param)
+    assert client.get("/health").json()["status"] == "ok"
+
+
+def test_temperature_zero_and_the_smallest_allowed_one_both_answer(client):
+    for temperature in (0.0, 0.01):
+        reply = client.post("/v1/chat/completions", json={**HELLO, "temperature": temperature})
+        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] >= 1
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(tiny):
+    import asyncio
+
+    app = _app(tiny, max_body_bytes=10_000)
+    big = json.dumps({"messages": [{"role": "user", "content": "x" * 20_000}]}).encode()
+
+    async def chunks():  # no Content-Length: the guard must count as the body arrives
+        for start in range(0, len(big), 4096):
+            yield big[start:start + 4096]
+
+    async def send_both():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            declared = await http.post("/v1/chat/completions", content=big, headers={"content-type": "application/json"})
+            chunked = await http.post("/v1/chat/completions", content=chunks(),
+                                      headers={"content-type": "application/json"})
+            return declared, chunked
+
+    declared, chunked = asyncio.run(send_both())
+    for reply in (declared, chunked):
+        assert "over the server's limit of 10,000 bytes" in _openai_error(reply, 413, "messages")
+
+
+def test_a_prompt_over_the_character_cap_is_refused_before_tokenising(tiny):
+    from fastapi.testclient import TestClient
+
+    counting = CountingTokenizer(tiny[1])
+    with TestClient(_app(tiny, tokenizer=counting)) as http:
+        limit = http.app.state.generator.max_prompt_chars
+        assert limit == 256 * 8
+        reply = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "y" * (limit + 1)}]})
+        assert "more than the model's context of 256 tokens can take" in _openai_error(reply, 400, "messages")
+        assert counting.prompts == 0
+        assert http.post("/v1/chat/completions", json=HELLO).status_code == 200 and counting.prompts == 1
+
+
+def test_tokenising_runs_off_the_event_loop(tiny):
+    import asyncio
+
+    slow = CountingTokenizer(tiny[1], delay=1.5)
+    app = _app(tiny, tokenizer=slow)
+
+    async def health_while_tokenising():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+            chat = asyncio.create_task(http.post("/v1/chat/completions", json=HELLO))
+            await asyncio.sleep(0.2)  # the chat request is inside the tokenizer now
+            health = await http.get("/health")
+            return health, time.perf_counter(), await chat
+
+    health, answered_at, chat = asyncio.run(health_while_tokenising())
+    assert health.status_code == 200 and chat.status_code == 200
+    assert answered_at < slow.finished_at, "/health waited for a tokenising request"
+
+
+def test_a_crash_is_an_openai_shaped_500_with_the_secret_masked(tiny):
+    from fastapi.testclient import TestClient
+
+    failing = CountingTokenizer(tiny[1], fail=RuntimeError("boom api_key=a1b2c3d4e5f6a7b8c9d0"))
+    with TestClient(_app(tiny, tokenizer=failing), raise_server_exceptions=False) as http:
+        message = _openai_error(http.post("/v1/chat/completions", json=HELLO), 500)
+    assert "RuntimeError: boom" in message and "a1b2c3d4e5f6" not in message
+
+
+@pytest.mark.parametrize("method, path, status", [("GET", "/v1/nothing", 404), ("GET", "/v1/chat/completions", 405)])
+def test_unknown_routes_and_methods_answer_in_openai_shape(client, method, path, status):
+    _openai_error(client.request(method, path), status)
+
+
+def test_with_an_api_key_every_route_but_health_needs_it(tiny):
+    from fastapi.testclient import TestClient
+
+    key = "k-7Qx2mB9vL4"
+    with TestClient(_app(tiny, api_key=key)) as http:
+        assert http.get("/health").status_code == 200
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": key}):
+            message = _openai_error(http.get("/v1/models", headers=headers), 401)
+            assert "Authorization: Bearer" in message and key not in message
+            assert http.post("/v1/chat/completions", json=HELLO, headers=headers).status_code == 401
+        for scheme in ("Bearer", "bearer"):
+            assert http.get("/v1/models", headers={"Authorization": f"{scheme} {key}"}).status_code == 200
+        assert http.post("/v1/chat/completions", json=HELLO, headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
+def test_loopback_needs_no_key(host):
+    from phi3lab.serving import check_exposure
+
+    check_exposure(host, None)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "my-laptop.local", ""])
+def test_binding_beyond_loopback_without_a_key_is_refused(host, monkeypatch, capsys):
+    from phi3lab.cli import main
+    from phi3lab.serving import check_exposure
+
+    with pytest.raises(ServerError, match="needs an API key"):
+        check_exposure(host, None)
+    with pytest.raises(ServerError, match="needs an API key"):
+        LocalServer(adapter=None, host=host)
+    check_exposure(host, "a-key")
+    monkeypatch.delenv("PHI3LAB_API_KEY", raising=False)
+    assert main(["serve", "--host", host, "--base"]) == 2  # refused before the model loads
+    captured = capsys.readouterr()
+    assert "PHI3LAB_API_KEY" in captured.err and "Traceback" not in captured.err and "serving" not in captured.out
+
+
+def test_a_keyed_child_server_takes_its_key_from_the_environment_only(monkeypatch):
+    monkeypatch.setenv("PHI3LAB_API_KEY", "left-over-key-in-the-notebook")
+    assert "PHI3LAB_API_KEY" not in LocalServer(adapter=None).child_env()  # a leftover must not lock the server
+    key = "k-child-5Tz8"
+    with LocalServer(adapter=None, api_key=key) as keyed:
+        assert keyed.child_env()["PHI3LAB_API_KEY"] == key
+        assert key not in " ".join(keyed.command())  # command lines are readable by every user
+        assert httpx.get(f"{keyed.url}/v1/models").status_code == 401
+        assert httpx.get(f"{keyed.url}/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+
+# The request schema, attacked: whatever arrives, the answer is JSON in OpenAI's error shape or a completion.
+_TEXT = st.one_of(st.text(max_size=12), st.sampled_from(["\udc00", "a\ud800b", "\x00", "\U0001f642", " ", "user"]))
+_SCALAR = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), _TEXT,
+                    st.sampled_from([1e-300, 5e-324, -0.0, 1e308, 0.009999]))
+_JSON = st.recursive(_SCALAR, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+                     max_leaves=6)
+_MESSAGE = st.fixed_dictionaries(
+    {"role": st.one_of(st.sampled_from(["system", "user", "assistant"]), _JSON), "content": st.one_of(_TEXT, _JSON)},
+    optional={"name": _JSON})
+_REQUEST = st.fixed_dictionaries(
+    {"messages": st.one_of(st.lists(_MESSAGE, max_size=3), _JSON), "max_tokens": st.one_of(st.integers(-2, 6), _SCALAR)},
+    optional={"model": st.one_of(st.just(SERVED), _JSON),
+              "temperature": st.one_of(st.floats(0, 2.5), _SCALAR), "top_p": st.one_of(st.floats(0, 1), _SCALAR),
+              "n": _SCALAR, "stream": _SCALAR, "user": _JSON})
+# Near-valid requests (well-formed messages ending with the user's turn) reach tokenising and generation.
+_TURN = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]), "content": _TEXT})
+_NEAR_VALID = st.fixed_dictionaries(
+    {"messages": st.tuples(st.lists(_TURN, max_size=2), _TURN.map(lambda m: {**m, "role": "user"})).map(
+        lambda parts: [*parts[0], parts[1]]), "max_tokens": st.integers(1, 4)},
+    optional={"temperature": st.floats(0, 2), "top_p": st.floats(0, 1),
+              "model": st.sampled_from([SERVED, "", "other"])})
+_BODY = st.one_of(_NEAR_VALID.map(json.dumps), _REQUEST.map(json.dumps), _JSON.map(json.dumps),
+                  st.binary(max_size=40))
+
+
+@settings(max_examples=150, deadline=None)
+@given(body=_BODY)
+def test_property_never_a_5xx_and_never_a_plain_text_error(client, body):
+    reply = client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert reply.status_code < 500, reply.text
+    assert reply.headers["content-type"] == "application/json", reply.text
+    data = reply.json()
+    event(f"status {reply.status_code}")
+    if reply.status_code == 200:
+        assert data["object"] == "chat.completion" and data["choices"][0]["message"]["role"] == "assistant"
+    else:
+        assert data["error"]["message"] and data["error"]["type"]

@@ -12,10 +12,11 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "app": ("BatchingGenerator", "ChatMessage", "ChatRequest", "MAX_TOKENS_LIMIT", "build_app", "default_adapter",
-            "describe_request_errors", "load_for_serving"),
-    "process": ("LocalServer", "SERVER_MODULE", "ServerError", "ServerRecord", "cpu_threads", "free_port",
-                "serve_forever", "server_logs", "server_records", "start_local_server"),
+    "app": ("BatchingGenerator", "ChatMessage", "ChatRequest", "MAX_BODY_BYTES", "MAX_TOKENS_LIMIT", "RequestGuard",
+            "build_app", "default_adapter", "describe_request_errors", "error_response", "load_for_serving"),
+    "process": ("API_KEY_ENV", "LocalServer", "SERVER_MODULE", "ServerError", "ServerRecord", "check_exposure",
+                "cpu_threads", "free_port", "is_loopback", "serve_forever", "server_logs", "server_records",
+                "start_local_server"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

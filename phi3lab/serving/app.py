@@ -10,12 +10,19 @@ Concurrency: one worker thread owns the model (PyTorch modules are not safe to c
 threads at once). Requests wait in a queue; each time the worker is free it takes the waiting requests with
 the same sampling settings (up to 8, gathering for at most 20 ms) and generates them as one
 left-padded batch, so concurrent clients share forward passes instead of queueing one by one.
+Tokenising runs on one more thread, so a long prompt never holds the event loop (and ``/health``).
+
+Hostile input: ``RequestGuard`` refuses bodies over ``MAX_BODY_BYTES`` before they are read whole and
+checks the optional API key; the schema refuses text that is not valid Unicode and temperatures too
+small to sample with; prompts longer than the context could hold are refused before tokenising.
+Every error, a 500 included, is an OpenAI-shaped JSON body.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hmac
 import os
 import queue
 import threading
@@ -23,34 +30,64 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from ..generation import stop_token_ids
 from ..secrets import mask_secrets
 
 MAX_TOKENS_LIMIT = 1024
+# Starlette reads a whole body into memory before validating it: one 10 MB body once grew the server
+# by 2 GB. 2 MiB holds any prompt the character cap below lets through, JSON escapes included.
+MAX_BODY_BYTES = 2 * 1024 * 1024
+# Real text averages 3-5 characters per token, so a prompt with more than this many characters per
+# token of context cannot fit; it is refused before the tokenizer spends time and memory on it.
+CHARS_PER_CONTEXT_TOKEN = 8
+# Sampling divides the logits by the temperature: 1e-300 overflows them to inf (a NaN crash). Below
+# 0.01 sampling is greedy in all but name, so such values are refused and 0 means greedy.
+MIN_TEMPERATURE = 0.01
+OPEN_PATHS = ("/health",)  # answered without the API key: start-up checks and monitoring poll it
+
+
+def _unicode_text(value: str) -> str:
+    """JSON may carry lone UTF-16 surrogates (``"\\udc00"``), which no tokenizer or response can encode."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"holds a lone UTF-16 surrogate at character {exc.start}; send valid Unicode text") from None
+    return value
+
+
+UnicodeText = Annotated[str, AfterValidator(_unicode_text)]
 
 
 # ----- the OpenAI chat-completions request ------------------------------------------------------
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: UnicodeText
 
 
 class ChatRequest(BaseModel):
     """The subset of OpenAI's chat-completions request the server honours; unknown fields are ignored."""
 
     model_config = ConfigDict(extra="ignore")
-    model: str | None = None
+    model: UnicodeText | None = None
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int = Field(default=128, ge=1, le=MAX_TOKENS_LIMIT)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 means greedy (deterministic)")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=1, description="one choice per request")
     stream: bool = False
+
+    @field_validator("temperature")
+    @classmethod
+    def _samplable(cls, temperature: float) -> float:
+        if 0 < temperature < MIN_TEMPERATURE:
+            raise ValueError(f"use 0 for greedy decoding or at least {MIN_TEMPERATURE}; smaller temperatures "
+                             "overflow the sampler")
+        return temperature
 
     @field_validator("messages")
     @classmethod
@@ -78,8 +115,95 @@ def describe_request_errors(errors: list[dict]) -> tuple[str, str]:
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
         param = ".".join(loc) or "body"
         params.append(param)
-        parts.append(f"{param}: {err.get('msg', 'invalid')}")
+        parts.append(f"{param}: {err.get('msg', 'invalid').removeprefix('Value error, ')}")
     return "; ".join(parts), params[0] if params else "body"
+
+
+class PromptError(ValueError):
+    """A well-formed request the model cannot take (too long for its context); ``param`` names the field."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
+def error_response(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
+                   code: str | None = None):
+    """OpenAI's error shape. Surrogates are escaped, so no message can fail to encode (and become a plain 500)."""
+    from starlette.responses import JSONResponse
+
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return JSONResponse(status_code=status,
+                        content={"error": {"message": message, "type": kind, "param": param, "code": code}})
+
+
+class RequestGuard:
+    """ASGI middleware in front of the routes: the API key, then the body-size limit.
+
+    Both are checked before a route reads anything: a declared ``Content-Length`` over the limit is
+    refused unread, and a chunked body is buffered only up to the limit.
+    """
+
+    def __init__(self, app, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES):
+        self.app, self.api_key, self.max_body_bytes = app, api_key, max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        refusal = self._refusal(scope)
+        if refusal is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            body, refusal = await self._read_body(receive)
+            if body is None and refusal is None:
+                return  # the client left mid-body
+            receive = _replay(body, receive)
+        if refusal is not None:
+            return await refusal(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    def _refusal(self, scope):
+        headers = dict(scope["headers"])
+        if self.api_key and scope["path"] not in OPEN_PATHS and not self._authorised(headers):
+            return error_response(401, "missing or wrong API key; send the header 'Authorization: Bearer <key>' "
+                                       "with the key the server was started with", None, "invalid_request_error",
+                                  "invalid_api_key")
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            return self._too_large()
+        return None
+
+    def _authorised(self, headers: dict[bytes, bytes]) -> bool:
+        scheme, _, sent = headers.get(b"authorization", b"").partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(sent.strip(), self.api_key.encode("utf-8"))
+
+    def _too_large(self):
+        return error_response(413, f"the request body is over the server's limit of {self.max_body_bytes:,} "
+                                   "bytes; send shorter messages", "messages")
+
+    async def _read_body(self, receive) -> tuple[bytes | None, object | None]:
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None, None
+            body += message.get("body", b"")
+            if len(body) > self.max_body_bytes:
+                return b"", self._too_large()
+            more = message.get("more_body", False)
+        return bytes(body), None
+
+
+def _replay(body: bytes, receive):
+    """A ``receive`` that hands the buffered body to the route, then waits on the client as before."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 # ----- generation -----------------------------------------------------------------------------
@@ -106,19 +230,34 @@ class BatchingGenerator:
         self.model, self.tokenizer, self.max_batch, self.batch_window_s = model, tokenizer, max_batch, batch_window_s
         self.context_length = getattr(model.config, "max_position_embeddings", 4096)
         self.stop_ids = stop_token_ids(model, tokenizer)
+        self.max_prompt_chars = self.context_length * CHARS_PER_CONTEXT_TOKEN
+        # One thread: tokenising is CPU-bound, so more threads would only compete with generation,
+        # and one thread never calls the tokenizer from two places at once.
+        self._encoder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="phi3lab-tokenizer")
         self._queue: queue.Queue[_Job] = queue.Queue()
         self.requests_served = self.batches_run = 0  # shown by /health: batches < requests means batching worked
         self._thread = threading.Thread(target=self._run, name="phi3lab-generator", daemon=True)
         self._thread.start()
 
     def encode(self, request: ChatRequest) -> list[int]:
+        """The prompt's token ids; PromptError when it cannot fit the context (checked by length first)."""
+        chars = sum(len(m.content) for m in request.messages)
+        if chars > self.max_prompt_chars:
+            raise PromptError(f"the messages hold {chars:,} characters, more than the model's context of "
+                              f"{self.context_length} tokens can take (limit {self.max_prompt_chars:,} characters); "
+                              "shorten the messages", "messages")
         messages = [m.model_dump() for m in request.messages]
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         ids = ids["input_ids"] if hasattr(ids, "keys") else ids  # transformers 5 returns a BatchEncoding
         if len(ids) + request.max_tokens > self.context_length:
-            raise ValueError(f"prompt ({len(ids)} tokens) plus max_tokens ({request.max_tokens}) exceeds the "
-                             f"model's context of {self.context_length} tokens; shorten the messages or lower max_tokens")
+            raise PromptError(f"prompt ({len(ids)} tokens) plus max_tokens ({request.max_tokens}) exceeds the "
+                              f"model's context of {self.context_length} tokens; shorten the messages or lower "
+                              "max_tokens", "max_tokens")
         return list(ids)
+
+    async def encode_off_loop(self, request: ChatRequest) -> list[int]:
+        """``encode`` on the tokenizer thread, so the event loop keeps answering other requests meanwhile."""
+        return await asyncio.wrap_future(self._encoder.submit(self.encode, request))
 
     def submit(self, request: ChatRequest, prompt_ids: list[int]) -> concurrent.futures.Future:
         job = _Job(request, prompt_ids)
@@ -190,24 +329,35 @@ class BatchingGenerator:
 
 
 # ----- the ASGI app ---------------------------------------------------------------------------
-def build_app(model, tokenizer, served_name: str, info: dict | None = None, max_batch: int = 8):
-    """A FastAPI app with ``POST /v1/chat/completions``, ``GET /v1/models`` and ``GET /health``."""
+def build_app(model, tokenizer, served_name: str, info: dict | None = None, max_batch: int = 8,
+              api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES):
+    """A FastAPI app with ``POST /v1/chat/completions``, ``GET /v1/models`` and ``GET /health``.
+
+    With ``api_key``, every route but ``/health`` needs ``Authorization: Bearer <api_key>``.
+    """
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
 
     generator = BatchingGenerator(model, tokenizer, max_batch=max_batch)
     app = FastAPI(title="phi3lab local endpoint", version="1")
+    app.add_middleware(RequestGuard, api_key=api_key, max_body_bytes=max_body_bytes)
     app.state.generator = generator
     started = int(time.time())
-
-    def error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
-        return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param}})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         message, param = describe_request_errors(exc.errors())
-        return error(400, message, param)
+        return error_response(400, message, param)
+
+    @app.exception_handler(HTTPException)  # unknown path, wrong method, a body FastAPI cannot decode
+    async def _http(request: Request, exc: HTTPException):
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return error_response(exc.status_code, str(exc.detail), None, kind)
+
+    @app.exception_handler(Exception)  # a bug must still answer in the shape clients parse
+    async def _crash(request: Request, exc: Exception):
+        return error_response(500, mask_secrets(f"internal error: {type(exc).__name__}: {exc}"), None, "server_error")
 
     @app.get("/health")
     async def health():
@@ -222,16 +372,18 @@ def build_app(model, tokenizer, served_name: str, info: dict | None = None, max_
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest):
         if body.model not in (None, "", served_name):
-            return error(404, f"model '{body.model}' is not served here; this server serves '{served_name}' "
-                              "(leave 'model' out or use that name)", "model", "model_not_found")
+            return error_response(404, f"model '{body.model}' is not served here; this server serves "
+                                       f"'{served_name}' (leave 'model' out or use that name)", "model",
+                                  "model_not_found")
         try:
-            prompt_ids = generator.encode(body)
-        except ValueError as exc:
-            return error(400, str(exc), "max_tokens")
+            prompt_ids = await generator.encode_off_loop(body)
+        except PromptError as exc:
+            return error_response(400, str(exc), exc.param)
         try:
             result = await asyncio.wrap_future(generator.submit(body, prompt_ids))
         except Exception as exc:
-            return error(500, mask_secrets(f"generation failed: {type(exc).__name__}: {exc}"), None, "server_error")
+            return error_response(500, mask_secrets(f"generation failed: {type(exc).__name__}: {exc}"), None,
+                                  "server_error")
         usage = {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"],
                  "total_tokens": result["prompt_tokens"] + result["completion_tokens"]}
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),

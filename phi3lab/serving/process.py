@@ -12,6 +12,7 @@ in ``phi3lab.runs.server_dir()``; ``server_records`` and ``server_logs`` list th
 from __future__ import annotations
 
 import atexit
+import ipaddress
 import json
 import os
 import socket
@@ -28,6 +29,9 @@ from ..secrets import mask_secrets
 
 # What a server child's command line contains: how cleanup tells it from another process with a reused pid.
 SERVER_MODULE = "phi3lab.serving"
+# The server's API key: read by ``phi3lab serve`` and handed to ``LocalServer``'s child, never put in its
+# command line (which every user of the machine can read).
+API_KEY_ENV = "PHI3LAB_API_KEY"
 
 
 class ServerError(Phi3LabError):
@@ -45,18 +49,37 @@ def cpu_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (a host name other than localhost is not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, api_key: str | None) -> None:
+    """Refuse to serve beyond loopback without an API key: anyone on the network could use the machine."""
+    if not is_loopback(host) and not api_key:
+        raise ServerError(f"serving on {host} reaches beyond this machine, so it needs an API key. Fix: set "
+                          f"{API_KEY_ENV} (or pass --api-key), or serve on 127.0.0.1")
+
+
 def serve_forever(host: str = "127.0.0.1", port: int = 8000, model_name: str | None = None,
                   adapter: str | os.PathLike | None = None, merge: bool = False, parent_pid: int | None = None,
-                  log_level: str = "warning", threads: int | None = None) -> None:
-    """Load the model and serve until Ctrl+C (or until ``parent_pid`` exits)."""
+                  log_level: str = "warning", threads: int | None = None, api_key: str | None = None) -> None:
+    """Load the model and serve until Ctrl+C (or until ``parent_pid`` exits); see ``check_exposure``."""
     import torch
     import uvicorn
 
     from .app import build_app, load_for_serving
 
+    check_exposure(host, api_key)
     torch.set_num_threads(threads or cpu_threads())
     model, tokenizer, name, info = load_for_serving(model_name, adapter, merge)
-    server = uvicorn.Server(uvicorn.Config(build_app(model, tokenizer, name, info), host=host, port=port,
+    app = build_app(model, tokenizer, name, info, api_key=api_key)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port,
                                            log_level=log_level, timeout_graceful_shutdown=5,
                                            lifespan="off"))  # no startup/shutdown hooks; Ctrl+C stays quiet
     if parent_pid:
@@ -134,14 +157,17 @@ class LocalServer:
     """The local endpoint in a child process: ``start()``, ``url``, ``health()``, ``stop()``; a context manager.
 
     ``adapter="auto"`` serves the latest finished training run's adapter (the base model when there
-    is none); ``adapter=None`` the base model; a folder that adapter.
+    is none); ``adapter=None`` the base model; a folder that adapter. ``api_key``: clients must send it
+    (``LocalEndpoint(url, api_key=...)``); required for a ``host`` beyond loopback.
     """
 
     def __init__(self, model_name: str | None = None, adapter: str | os.PathLike | None = "auto",
                  merge: bool = False, host: str = "127.0.0.1", port: int | None = None,
-                 startup_timeout: float = 180.0):
+                 startup_timeout: float = 180.0, api_key: str | None = None):
         from .app import default_adapter
 
+        check_exposure(host, api_key)
+        self.api_key = api_key
         self.model_name = model_name
         self.adapter = default_adapter() if adapter == "auto" else adapter
         self.merge, self.host, self.port = merge, host, port
@@ -170,6 +196,11 @@ class LocalServer:
             command.append("--base")  # never let the child pick an adapter the caller did not ask for
         return command
 
+    def child_env(self) -> dict[str, str]:
+        """The child's environment: the key only as asked (one left in the notebook's must not lock it out)."""
+        env = {name: value for name, value in os.environ.items() if name != API_KEY_ENV}
+        return {**env, "PYTHONUNBUFFERED": "1", **({API_KEY_ENV: self.api_key} if self.api_key else {})}
+
     def start(self) -> LocalServer:
         if self.running:
             return self
@@ -179,8 +210,7 @@ class LocalServer:
         with self.log_path.open("wb") as log:
             # A new session: Ctrl+C / kernel interrupts aimed at the parent do not reach the server.
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True,
-                                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                            stdin=subprocess.DEVNULL, start_new_session=True, env=self.child_env())
         _RUNNING.add(self)
         self._write_record()
         try:
@@ -250,9 +280,10 @@ class LocalServer:
 
 
 def start_local_server(model_name: str | None = None, adapter: str | os.PathLike | None = "auto",
-                       merge: bool = False, port: int | None = None, startup_timeout: float = 180.0) -> LocalServer:
+                       merge: bool = False, port: int | None = None, startup_timeout: float = 180.0,
+                       api_key: str | None = None) -> LocalServer:
     """Start the local endpoint (the latest trained adapter when one exists) and wait until it is healthy."""
-    return LocalServer(model_name, adapter, merge, port=port, startup_timeout=startup_timeout).start()
+    return LocalServer(model_name, adapter, merge, port=port, startup_timeout=startup_timeout, api_key=api_key).start()
 
 
 @atexit.register
