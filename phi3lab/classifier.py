@@ -176,13 +176,14 @@ class IntentClassifier:
 def _base_classifier(config: TrainConfig, labels: list[str], tokenizer):
     from transformers import AutoModelForSequenceClassification
 
-    from .models import model_source, pick_device, pick_dtype
+    from .models import model_source, pick_device, pick_dtype, quiet_loading
 
     device = pick_device()
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_source(config.model), num_labels=len(labels), dtype=pick_dtype(device),
-        id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
-        attn_implementation=config.attn_implementation if config.attn_implementation != "flash_attention_2" else "sdpa")
+    with quiet_loading():  # transformers would list the new head as MISSING in a load report
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_source(config.model), num_labels=len(labels), dtype=pick_dtype(device),
+            id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
+            attn_implementation=config.attn_implementation if config.attn_implementation != "flash_attention_2" else "sdpa")
     # The head reads the last non-pad token, so the model must know the tokenizer's pad id
     # (the stand-in's config names <|im_end|>, which would point the head at the wrong token).
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -195,6 +196,7 @@ def new_classifier(config: TrainConfig, labels: list[str]) -> IntentClassifier:
 
     tokenizer = load_tokenizer(config.model)
     model = add_lora(config, _base_classifier(config, labels, tokenizer), **LORA_OVERRIDES)
+    print(f"note: the classification head ({len(labels)} intents) is new and untrained on purpose: training learns it")
     return IntentClassifier(model, tokenizer, list(labels), config)
 
 

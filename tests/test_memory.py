@@ -172,5 +172,5 @@ def test_planner_against_litgpts_phi3_lora_peak():
     plan = plan_memory(config, a10g, suggest=False)
     allocated = plan.total - plan.parts["CUDA context"]  # what max_memory_allocated counts
     # Our path keeps LoRA in fp32 (8 bytes per adapter input feature with dropout) where LitGPT's bf16-true keeps it
-    # in bf16, so the planner is above LitGPT's figure by about a quarter.
-    assert allocated / LITGPT_PHI3_LORA_PEAK == pytest.approx(1.24, abs=0.05)
+    # in bf16, so the planner is 28% above LitGPT's figure (25.2 GB).
+    assert allocated / LITGPT_PHI3_LORA_PEAK == pytest.approx(1.28, abs=0.05)
