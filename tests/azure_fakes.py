@@ -17,7 +17,7 @@ import uuid
 from azure.core.credentials import AccessToken, AccessTokenInfo
 
 from phi3lab.azure.dryrun import RecordedRequest, RecordingTransport, Reply
-from phi3lab.azure.roles import AZURE_AI_DEVELOPER
+from phi3lab.azure.roles import AZURE_AI_DEVELOPER, CONTRIBUTOR
 from phi3lab.azure.settings import AzureSettings
 
 SUBSCRIPTION = "11111111-2222-3333-4444-555555555555"
@@ -27,6 +27,7 @@ SETTINGS = AzureSettings(SUBSCRIPTION, "rg-phi3lab", "proj-phi3lab", "eastus2")
 WORKSPACE_PATH = (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-phi3lab/providers/"
                   f"Microsoft.MachineLearningServices/workspaces/proj-phi3lab")
 STORAGE = "https://stphi3lab.blob.core.windows.net"
+ACCOUNT = "Microsoft.CognitiveServices/accounts"
 API = "https://eastus2.api.azureml.ms"
 
 
@@ -61,14 +62,20 @@ class FakeAzure:
     """A stateful fake of the services the course talks to.
 
     ``job_statuses``: what successive GETs of a submitted job report (the last one repeats).
+    ``roles`` are assigned on the resource group, ``subscription_roles`` on the subscription.
+    ``workspace_kind``: "Project" (hub-based), "Hub", "Default", or None for a Foundry project (the
+    Azure ML API does not know it; a Cognitive Services account in the group holds it).
     """
 
     def __init__(self, *, region: str = "eastus2", provider_state: str = "NotRegistered",
-                 roles: tuple[str, ...] = (AZURE_AI_DEVELOPER,),
-                 model_regions: dict[str, object] | None = None,
+                 roles: tuple[str, ...] = (AZURE_AI_DEVELOPER,), subscription_roles: tuple[str, ...] = (CONTRIBUTOR,),
+                 model_regions: dict[str, object] | None = None, workspace_kind: str | None = "Project",
+                 group_tags: dict | None = None,
                  job_statuses: tuple[str, ...] = ("NotStarted", "Running", "Completed"),
                  job_error: str = "Training data has 0 valid lines"):
         self.region, self.provider_state, self.roles = region, provider_state, roles
+        self.subscription_roles, self.workspace_kind, self.group_tags = subscription_roles, workspace_kind, group_tags
+        self.group_exists = True
         self.model_regions = model_regions if model_regions is not None else {"Phi-3-mini-4k-instruct": ["eastus2"]}
         self.job_statuses, self.job_error = list(job_statuses), job_error
         self.data: dict[tuple[str, str], dict] = {}
@@ -84,6 +91,9 @@ class FakeAzure:
         ws = r"/workspaces/proj-phi3lab"
         return [
             ("GET", r"/resourcegroups/(?P<rg>[^/?]+)\?", self.resource_group),
+            ("DELETE", r"/resourcegroups/(?P<rg>[^/?]+)\?", self.resource_group_delete),
+            ("GET", r"(?i)/resourcegroups/rg-phi3lab/resources\?", self.group_resources),
+            ("GET", r"/accounts/(?P<account>[^/]+)/projects/(?P<project>[^/?]+)\?", self.foundry_project),
             ("GET", r"/providers/Microsoft\.Network\?", self.provider),
             ("POST", r"/providers/Microsoft\.Network/register\?", self.register),
             ("GET", r"/providers/Microsoft\.Authorization/roleAssignments\?", self.role_assignments),
@@ -108,8 +118,29 @@ class FakeAzure:
 
     # ----- Resource Manager ---------------------------------------------------------------------
     def resource_group(self, request: RecordedRequest, match) -> Reply:
+        if not self.group_exists:
+            return error(404, "ResourceGroupNotFound", f"Resource group '{match['rg']}' could not be found.")
         return Reply(200, {"id": f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{match['rg']}", "name": match["rg"],
-                           "location": self.region, "properties": {"provisioningState": "Succeeded"}})
+                           "location": self.region, "tags": self.group_tags or {},
+                           "properties": {"provisioningState": "Succeeded"}})
+
+    def resource_group_delete(self, request, match) -> Reply:
+        self.group_exists = False
+        return Reply(200, None)
+
+    def group_resources(self, request, match) -> Reply:
+        """The group's Cognitive Services accounts: one Foundry resource when the project is a Foundry project."""
+        if self.workspace_kind is not None:
+            return Reply(200, {"value": []})
+        account = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-phi3lab/providers/{ACCOUNT}/foundry-res"
+        return Reply(200, {"value": [{"id": account, "name": "foundry-res", "type": ACCOUNT, "kind": "AIServices",
+                                      "location": self.region}]})
+
+    def foundry_project(self, request, match) -> Reply:
+        if self.workspace_kind is None and match["project"] == "proj-phi3lab":
+            return Reply(200, {"id": request.path, "name": f"{match['account']}/{match['project']}",
+                               "type": f"{ACCOUNT}/projects", "location": self.region, "properties": {}})
+        return error(404, "ResourceNotFound", f"project {match['project']} not found")
 
     def _provider_body(self) -> dict:
         return {"id": f"/subscriptions/{SUBSCRIPTION}/providers/Microsoft.Network", "namespace": "Microsoft.Network",
@@ -123,19 +154,24 @@ class FakeAzure:
         return Reply(200, self._provider_body())
 
     def role_assignments(self, request, match) -> Reply:
-        scope = request.path.split("/providers/Microsoft.Authorization")[0]
+        """Like atScope(): the assignments at the resource group and those inherited from the subscription."""
+        group = request.path.split("/providers/Microsoft.Authorization")[0]
+        subscription = f"/subscriptions/{SUBSCRIPTION}"
         value = [{"id": f"{scope}/providers/Microsoft.Authorization/roleAssignments/{uuid.uuid4()}",
                   "name": str(uuid.uuid4()), "type": "Microsoft.Authorization/roleAssignments",
                   "properties": {"roleDefinitionId": f"/subscriptions/{SUBSCRIPTION}/providers/"
                                                      f"Microsoft.Authorization/roleDefinitions/{role}",
                                  "principalId": PRINCIPAL, "principalType": "User", "scope": scope}}
-                 for role in self.roles]
+                 for scope, roles in ((group, self.roles), (subscription, self.subscription_roles)) for role in roles]
         return Reply(200, {"value": value})
 
     # ----- workspace ----------------------------------------------------------------------------
     def workspace(self, request, match) -> Reply:
+        if self.workspace_kind is None:
+            return error(404, "ResourceNotFound", "The Resource 'Microsoft.MachineLearningServices/workspaces/"
+                                                  "proj-phi3lab' under resource group 'rg-phi3lab' was not found.")
         return Reply(200, {
-            "id": WORKSPACE_PATH, "name": "proj-phi3lab", "location": self.region, "kind": "Project",
+            "id": WORKSPACE_PATH, "name": "proj-phi3lab", "location": self.region, "kind": self.workspace_kind,
             "type": "Microsoft.MachineLearningServices/workspaces",
             "properties": {"workspaceId": "12345678-aaaa-bbbb-cccc-1234567890ab", "discoveryUrl": f"{API}/discovery",
                            "mlFlowTrackingUri": f"azureml://{self.region}.api.azureml.ms/mlflow/v1.0{WORKSPACE_PATH}",
@@ -205,6 +241,10 @@ class FakeAzure:
         if request.method == "PUT":
             self.blobs[path] = request.body if isinstance(request.body, bytes) else json.dumps(request.body).encode()
             return Reply(201, b"", stamp)
+        if request.method == "DELETE":
+            if self.blobs.pop(path, None) is None:
+                return Reply(404, b"", {"x-ms-error-code": "BlobNotFound"})
+            return Reply(202, b"", {"x-ms-delete-type-permanent": "true"})
         if "comp=list" in request.url:
             return Reply(200, b'<?xml version="1.0" encoding="utf-8"?><EnumerationResults><Blobs/>'
                               b"<NextMarker/></EnumerationResults>", {"Content-Type": "application/xml"})

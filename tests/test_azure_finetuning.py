@@ -1,12 +1,13 @@
 """Serverless fine-tuning through the real azure-ai-ml client against a fake Azure (HTTP boundary)."""
 
 import json
+import subprocess
 
 import pytest
 from azure_fakes import SETTINGS, SUBSCRIPTION, FakeAzure, error
 
-from phi3lab.azure import finetuning
-from phi3lab.azure.finetuning import DataAsset, build_job, hyperparameters, submit_finetuning
+from phi3lab.azure.catalog import ModelChoice, ModelNotOfferedError
+from phi3lab.azure.finetuning import NO_GIT_METADATA, DataAsset, build_job, hyperparameters, submit_finetuning
 from phi3lab.azure.monitor import (
     Backoff,
     JobFailedError,
@@ -15,11 +16,15 @@ from phi3lab.azure.monitor import (
     metrics_history,
     monitor_job,
 )
+from phi3lab.azure.projects import ProjectTypeError
 from phi3lab.azure.roles import AZURE_AI_DEVELOPER
 from phi3lab.azure.schemas import SchemaError, validate_job_body
+from phi3lab.azure.simulator import REGISTRY_VERSION
 from phi3lab.config import TrainConfig
+from phi3lab.errors import Phi3LabError
 
 JOB_API = "2024-10-01-preview"
+PHI4 = ["eastus2", "eastus", "northcentralus", "southcentralus", "westus", "westus3"]
 
 
 def chat_file(path, n):
@@ -37,19 +42,9 @@ def config(tmp_path):
                        batch_size=8, learning_rate=3e-5, epochs=2)
 
 
-@pytest.fixture
-def blob_transport(monkeypatch):
-    """azure-ai-ml builds its BlobServiceClient internally; hand it the fake's transport too."""
-    from azure.ai.ml._artifacts import _blob_storage_helper
-    from azure.storage.blob import BlobServiceClient
-
-    holder = {}
-
-    def service_client(*args, **kwargs):
-        return BlobServiceClient(*args, transport=holder["transport"], **kwargs)
-
-    monkeypatch.setattr(_blob_storage_helper, "BlobServiceClient", service_client)
-    return holder
+def _confirmed(config, fake, **kwargs):
+    return submit_finetuning(config, SETTINGS, confirm=True, credential=fake.credential, transport=fake.transport,
+                             **kwargs)
 
 
 def test_hyperparameters_are_strings_from_the_config(config):
@@ -66,37 +61,99 @@ def test_sdk_helper_without_validation_data_still_raises_unboundlocalerror():
                               "versions/1", training_data="azureml:t:1", output_model_name_prefix="p")
 
 
-def test_dry_run_shows_the_exact_put_and_sends_nothing(config):
+def _index(requests, method, pattern):
+    import re
+
+    return next(i for i, r in enumerate(requests) if r.method == method and re.search(pattern, r.url))
+
+
+def test_dry_run_shows_the_whole_sequence_in_order_and_sends_nothing(config):
     submission = submit_finetuning(config, price_per_1k_tokens=0.5)
-    assert submission.dry_run and len(submission.requests) == 1
-    put = submission.job_request
-    assert put.method == "PUT" and put.api_version == JOB_API
-    assert put.path.endswith(f"/workspaces/your-ai-project/jobs/{submission.job_name}")
-    details = put.body["properties"]["fineTuningDetails"]
-    assert details["hyperParameters"] == {"per_device_train_batch_size": "8", "learning_rate": "3e-05",
-                                          "num_train_epochs": "2"}
-    assert details["taskType"] == "chatCompletion"  # what the SDK sends (see schemas.spec_task_type)
-    assert details["validationData"]["uri"].endswith(f"/data/phi3lab-validation/versions/{submission.assets[1].version}")
+    requests = submission.requests
+    assert submission.dry_run and all("your-ai-project" in r.url or "azureml.ms" in r.url or
+                                      "yourstorageaccount" in r.url for r in requests)
+    registry = _index(requests, "GET", r"/registries/azureml/models/Phi-4-mini-instruct/")
+    data_get = _index(requests, "GET", r"/data/phi3lab-train/versions/")
+    upload = _index(requests, "PUT", r"blob\.core\.windows\.net/.*train\.jsonl$")
+    data_put = _index(requests, "PUT", r"/data/phi3lab-train/versions/")
+    job_put = _index(requests, "PUT", r"/jobs/")
+    assert registry < data_get < upload < data_put < job_put == len(requests) - 1
+    # the upload is shown as its size and content hash, never the bytes
+    rendered = requests[upload].render()
+    train = config.resolve(config.train_file).read_bytes()
+    assert f"<{len(train):,} bytes, sha256 " in rendered and "Question number" not in rendered
+    details = submission.job_request.body["properties"]["fineTuningDetails"]
+    assert details["model"]["uri"] == f"azureml://registries/azureml/models/Phi-4-mini-instruct/versions/{REGISTRY_VERSION}"
+    assert "labels/latest" not in json.dumps(submission.job_request.body)
+    assert details["taskType"] == "ChatCompletion"
     text = submission.summary()
-    assert "DRY RUN" in text and "0000-0000" not in text and submission.cost.total > 0
-    assert "Authorization" not in text
+    assert "DRY RUN" in text and "Phi-3-mini-4k-instruct was retired on 2025-08-30" in text
+    assert "0000-0000" not in text and "Authorization" not in text and submission.cost.total > 0
+    assert "offline stand-in's tokenizer" in text
+
+
+def test_the_dry_run_is_the_real_run_minus_the_sending(config):
+    """Both paths against the same fake service: the same requests, in the same order, with the same bodies."""
+    dry_fake, live_fake = FakeAzure(), FakeAzure()
+    dry = submit_finetuning(config, SETTINGS, credential=dry_fake.credential, transport=dry_fake.transport)
+    live = _confirmed(config, live_fake)
+    assert dry.dry_run and not live.dry_run and dry.job_name == live.job_name
+    # the dry run's reads went to the fake, its writes stopped at the recording transport
+    assert all(r.method in ("GET", "HEAD") for r in dry_fake.transport.requests)
+    assert not live_fake.transport.matching("PUT", r"/jobs/") == []
+    assert [_comparable(r) for r in dry.requests] == [_comparable(r) for r in live.requests]
+
+
+def _comparable(request):
+    """Method, URL and body, with the secrets (signatures, keys) and server-assigned asset ids left out."""
+    body = json.loads(json.dumps(request.body)) if isinstance(request.body, (dict, list)) else request.body
+    details = (body or {}).get("properties", {}).get("fineTuningDetails", {}) if isinstance(body, dict) else {}
+    for key in ("trainingData", "validationData"):
+        if key in details:
+            details[key]["uri"] = details[key]["uri"].rsplit("/data/", 1)[-1]  # the name/version the server echoes
+    return request.method, request.url.split("&sig=")[0], body
+
+
+def test_the_job_carries_no_git_metadata_of_the_learners_repository(config, tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for args in (["init", "-q"], ["remote", "add", "origin", "https://github.com/learner/private-repo.git"]):
+        subprocess.run(["git", *args], cwd=repo, check=True)
+    monkeypatch.chdir(repo)
+    fake = FakeAzure()
+    _confirmed(config, fake)
+    [job_put] = fake.transport.matching("PUT", r"/jobs/")
+    properties = job_put.body["properties"]["properties"]
+    assert properties == NO_GIT_METADATA
+    assert "private-repo" not in json.dumps(job_put.body) and "learner" not in json.dumps(job_put.body)
+
+
+def test_the_job_body_validates_against_the_spec_with_strict_enums(config):
+    body = submit_finetuning(config).job_request.body
+    validate_job_body(body)
+    lowered = json.loads(json.dumps(body))
+    lowered["properties"]["fineTuningDetails"]["taskType"] = "chatCompletion"  # what azure-ai-ml would send
+    with pytest.raises(SchemaError, match="taskType"):
+        validate_job_body(lowered)
+    broken = json.loads(json.dumps(body))
+    broken["properties"]["fineTuningDetails"]["hyperParameters"]["num_train_epochs"] = 2
+    with pytest.raises(SchemaError, match="num_train_epochs"):
+        validate_job_body(broken)
+
+
+def test_each_job_registers_its_own_model_named_after_data_model_and_config(config):
+    first = submit_finetuning(config)
+    changed = submit_finetuning(config.update(learning_rate=1e-4))
+    assert first.output_model == first.job_name != changed.output_model
+    outputs = first.job_request.body["properties"]["outputs"]
+    assert outputs["registered_model"]["assetName"] == first.job_name
+    assert submit_finetuning(config).output_model == first.output_model  # same inputs, same name
 
 
 def test_no_validation_file_means_automatic_split(config):
     submission = submit_finetuning(config.update(validation_file=None))
     assert "validationData" not in submission.job_request.body["properties"]["fineTuningDetails"]
     assert "splits the training data automatically" in submission.summary()
-
-
-def test_job_body_matches_the_rest_spec_schema(config):
-    body = submit_finetuning(config).job_request.body
-    validate_job_body(body)
-    with pytest.raises(SchemaError, match="taskType"):  # the spec's enum is case-sensitive: ChatCompletion
-        validate_job_body(body, normalize_task=False)
-    broken = json.loads(json.dumps(body))
-    broken["properties"]["fineTuningDetails"]["hyperParameters"]["num_train_epochs"] = 2
-    with pytest.raises(SchemaError, match="num_train_epochs"):
-        validate_job_body(broken)
 
 
 def test_invalid_data_is_refused_before_any_upload(tmp_path, config):
@@ -114,16 +171,14 @@ def test_asset_version_is_the_content_hash(tmp_path):
 
 
 def test_confirm_without_settings_is_refused(config, monkeypatch):
-    monkeypatch.setattr(finetuning, "load_settings", lambda: None)
+    monkeypatch.setattr("phi3lab.azure.finetuning.load_settings", lambda: None)
     with pytest.raises(Exception, match="needs Azure settings"):
         submit_finetuning(config, confirm=True)
 
 
-def test_confirmed_submission_uploads_then_puts_the_job(config, blob_transport):
+def test_confirmed_submission_uploads_then_puts_the_job(config):
     fake = FakeAzure()
-    blob_transport["transport"] = fake.transport
-    submission = submit_finetuning(config, SETTINGS, confirm=True, credential=fake.credential,
-                                   transport=fake.transport)
+    submission = _confirmed(config, fake)
     assert not submission.dry_run and submission.status == "NotStarted"
     t = fake.transport
     # get-or-create: a GET that misses, then the upload, then the asset PUT, for each file
@@ -134,7 +189,7 @@ def test_confirmed_submission_uploads_then_puts_the_job(config, blob_transport):
         assert puts[0].body["properties"]["dataType"] == "uri_file"
         assert puts[0].body["properties"]["dataUri"].startswith(
             "azureml://datastores/workspaceblobstore/paths/LocalUpload/")
-    uploads = t.matching("PUT", r"^https://stphi3lab\.blob\.core\.windows\.net/.*\.jsonl")
+    uploads = t.matching("PUT", r"^https://stphi3lab\.blob\.core\.windows\.net/.*\.jsonl$")
     assert {u.path.rsplit("/", 1)[-1] for u in uploads} == {"train.jsonl", "validation.jsonl"}
     [train_blob] = {u.path for u in uploads if u.path.endswith("/train.jsonl")}
     assert fake.blobs[train_blob] == config.resolve(config.train_file).read_bytes()
@@ -148,14 +203,53 @@ def test_confirmed_submission_uploads_then_puts_the_job(config, blob_transport):
     assert all(r.headers.get("Authorization", "").startswith("Bearer ") for r in t.matching("PUT", r"/jobs/"))
 
 
-def test_second_submission_reuses_the_uploaded_assets(config, blob_transport):
+def test_check_5s_choice_is_what_gets_submitted_without_a_second_lookup(config):
+    choice = ModelChoice("Phi-3-mini-4k-instruct", "Phi-4-mini-instruct", "7", "eastus2", tuple(PHI4))
     fake = FakeAzure()
-    blob_transport["transport"] = fake.transport
-    kwargs = {"credential": fake.credential, "transport": fake.transport}
-    submit_finetuning(config, SETTINGS, confirm=True, job_name="first", **kwargs)
+    submission = _confirmed(config, fake, model=choice)
+    assert submission.choice is choice and not fake.transport.matching("GET", r"/registries/")
+    [job_put] = fake.transport.matching("PUT", r"/jobs/")
+    assert job_put.body["properties"]["fineTuningDetails"]["model"]["uri"].endswith("/Phi-4-mini-instruct/versions/7")
+
+
+def test_second_submission_reuses_the_uploaded_assets(config):
+    fake = FakeAzure()
+    _confirmed(config, fake)
     fake.transport.requests.clear()
-    submit_finetuning(config, SETTINGS, confirm=True, job_name="second", **kwargs)
+    _confirmed(config.update(epochs=3), fake)
     assert not fake.transport.matching("PUT", r"/data/") and not fake.transport.matching("PUT", r"blob\.core")
+
+
+def test_a_foundry_project_is_refused_before_anything_is_uploaded(config):
+    fake = FakeAzure(workspace_kind=None)
+    with pytest.raises(ProjectTypeError, match="Foundry project.*hub-based project"):
+        _confirmed(config, fake)
+    assert not [r for r in fake.transport.requests if r.method == "PUT"]
+
+
+def test_a_retired_model_with_no_successor_here_is_refused_before_anything_is_uploaded(config):
+    fake = FakeAzure(region="westeurope", model_regions={"Phi-4-mini-instruct": PHI4})
+    with pytest.raises(ModelNotOfferedError, match="retired on 2025-08-30.*not offered .* in westeurope"):
+        _confirmed(config, fake)
+    assert not [r for r in fake.transport.requests if r.method == "PUT"]
+
+
+@pytest.mark.parametrize(("status", "says"), [
+    (401, "az login"),
+    (403, f"permission denied .*Azure AI Developer.*{AZURE_AI_DEVELOPER}"),
+    (404, "not found .*Check the name"),
+    (409, r"current state \(HTTP 409"),
+    (429, r"throttled by Azure \(HTTP 429\)"),
+    (500, r"internal error \(HTTP 500\).*run the cell again"),
+])
+def test_each_refusal_of_the_job_put_is_one_clear_sentence(config, status, says):
+    fake = FakeAzure()
+    fake.transport.route("PUT", r"/jobs/", lambda r, m: error(status, "Refused", "the service said no",
+                                                              {"Retry-After": "0"}))
+    with pytest.raises(Phi3LabError, match=says) as failure:
+        _confirmed(config, fake)
+    assert str(failure.value).startswith("submitting fine-tuning job phi3lab-ft-")
+    assert SUBSCRIPTION not in str(failure.value) and failure.value.__cause__ is None
 
 
 def _submitted(fake, name="phi3lab-ft-test"):
@@ -273,22 +367,18 @@ def test_metrics_conversion_drops_duplicate_steps():
 
 def test_build_job_leaves_validation_out_when_none(config):
     job = build_job(config, "azureml:t:1", None, "azureml://registries/azureml/models/m/versions/1", "n")
-    assert job.validation_data is None
+    assert job.validation_data is None and job.task == "ChatCompletion"
 
 
-def test_resubmitting_the_same_job_returns_the_existing_one(config, blob_transport):
+def test_resubmitting_the_same_job_returns_the_existing_one(config):
     fake = FakeAzure(job_statuses=("Running",))
-    blob_transport["transport"] = fake.transport
-    kwargs = {"credential": fake.credential, "transport": fake.transport}
-    first = submit_finetuning(config, SETTINGS, confirm=True, **kwargs)
-    again = submit_finetuning(config, SETTINGS, confirm=True, **kwargs)
+    first = _confirmed(config, fake)
+    again = _confirmed(config, fake)
     assert again.job_name == first.job_name and again.status == "Running"
     assert len(fake.transport.matching("PUT", r"/jobs/")) == 1
 
 
 def test_dry_run_with_settings_sends_nothing_to_azure(config):
-    fake = FakeAzure()
-    submission = submit_finetuning(config, SETTINGS, credential=fake.credential, transport=fake.transport)
-    assert submission.dry_run and fake.transport.requests == []
-    assert "/workspaces/proj-phi3lab/jobs/" in submission.job_request.url
+    submission = submit_finetuning(config, SETTINGS)
+    assert submission.dry_run and "/workspaces/proj-phi3lab/jobs/" in submission.job_request.url
     assert SUBSCRIPTION not in submission.summary() and "1111…" in submission.summary()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 from ..errors import Phi3LabError
 from .settings import SETTINGS_HINT, AzureSettings, AzureSettingsError, load_settings
 
 CredentialKind = Literal["auto", "cli", "device_code", "environment"]
+
+# Fine-tuning jobs and serverless endpoints are "experimental" classes in the pinned SDK; its notice is noise here.
+logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
 
 LOGIN_HINT = ("not signed in to Azure (HTTP 401). Run `az login` in a terminal (add "
               "`--use-device-code` on a remote kernel), or use get_credential('device_code') in the notebook")

@@ -8,18 +8,25 @@ failure answers. ``show_requests`` renders what was recorded with secrets masked
 
 ``dry_run(routes, settings)`` is the one way the course builds a dry run: the recording
 transport, the placeholder credential and (without settings) the placeholder settings, from
-which ``ml_client()`` or ``resource_client()`` gives the real SDK client. ``accepting(...)``
-answers a PUT the way the service does, so the SDK's own response parsing runs too.
+which ``ml_client()``, ``registry_client()`` or ``resource_client()`` gives the real SDK client.
+``accepting(...)`` answers a PUT the way the service does, so the SDK's own response parsing runs
+too. ``reads=`` lets a test answer a dry run's free reads from a fake service while every write
+still stops here. ``blob_storage_through`` routes azure-ai-ml's internal blob uploads through a
+transport, and ``RecordingTransport.httpx()`` serves the ``openai`` client from the same routes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import re
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
+import httpx2
 from azure.core.pipeline.transport import HttpTransport
 
 from ..secrets import mask_secrets
@@ -64,8 +71,8 @@ class RecordedRequest:
         lines += [f"{name}: {self.headers[name]}" for name in _SHOWN_HEADERS if name in self.headers]
         if isinstance(self.body, (dict, list)):
             lines.append(json.dumps(self.body, indent=2, sort_keys=True))
-        elif isinstance(self.body, (bytes, bytearray)) and self.body:
-            lines.append(f"<{len(self.body)} bytes>")
+        elif isinstance(self.body, (bytes, bytearray)) and self.body:  # an upload: its size and hash, not its bytes
+            lines.append(f"<{len(self.body):,} bytes, sha256 {hashlib.sha256(self.body).hexdigest()}>")
         return mask_secrets("\n".join(lines))
 
 
@@ -115,6 +122,10 @@ class RecordingTransport(HttpTransport):
                 return responder(recorded, match)
         return Reply(404, {"error": {"code": "NotFound", "message": f"no route for {recorded.method} {recorded.path}"}})
 
+    def httpx(self):
+        """This transport as an ``httpx2`` transport, for the ``openai`` client: same routes, same record."""
+        return _HttpxAdapter(self)
+
     def matching(self, method: str, pattern: str) -> list[RecordedRequest]:
         """Recorded requests with this method whose URL matches ``pattern``."""
         regex = re.compile(pattern)
@@ -147,6 +158,22 @@ def accepting(http_status: int = 201, resource_type: str | None = None, **proper
     return answer
 
 
+class DryRunTransport(RecordingTransport):
+    """Answers from the dry run's routes; with ``reads``, GET and HEAD come from that transport (a test's fake).
+
+    Either way every request is recorded here and nothing that changes anything leaves.
+    """
+
+    def __init__(self, routes, reads: RecordingTransport | None = None):
+        super().__init__(routes)
+        self.reads = reads
+
+    def _answer(self, recorded: RecordedRequest) -> Reply:
+        if self.reads is not None and recorded.method in ("GET", "HEAD"):
+            return self.reads._answer(recorded)
+        return super()._answer(recorded)
+
+
 @dataclass
 class DryRun:
     """Real SDK clients for ``settings`` whose requests are signed with a placeholder token and recorded, never sent."""
@@ -162,7 +189,14 @@ class DryRun:
         """An ``azure.ai.ml.MLClient`` for the settings' project."""
         from .auth import ml_client
 
-        return ml_client(self.settings, credential=DryRunCredential(), transport=self.transport)
+        # No upload progress bars: a dry run uploads nothing.
+        return ml_client(self.settings, credential=DryRunCredential(), transport=self.transport, show_progress=False)
+
+    def registry_client(self):
+        """An ``MLClient`` for the ``azureml`` model registry."""
+        from .auth import registry_client
+
+        return registry_client(credential=DryRunCredential(), transport=self.transport)
 
     def resource_client(self):
         """An Azure Resource Manager client for the settings' subscription."""
@@ -171,9 +205,38 @@ class DryRun:
         return ResourceManagementClient(DryRunCredential(), self.settings.subscription_id, transport=self.transport)
 
 
-def dry_run(routes: list[tuple[str, str, Responder]], settings: AzureSettings | None = None) -> DryRun:
-    """A dry run answering from ``routes``, for the learner's settings or, without any, the placeholders."""
-    return DryRun(settings or PLACEHOLDER_SETTINGS, RecordingTransport(routes))
+def dry_run(routes: list[tuple[str, str, Responder]], settings: AzureSettings | None = None,
+            reads: RecordingTransport | None = None) -> DryRun:
+    """A dry run answering from ``routes`` (free reads from ``reads`` when given), for the settings or the placeholders."""
+    return DryRun(settings or PLACEHOLDER_SETTINGS, DryRunTransport(routes, reads))
+
+
+_BLOB_PATCH = threading.Lock()
+
+
+@contextlib.contextmanager
+def blob_storage_through(transport) -> Iterator[None]:
+    """Make azure-ai-ml's internal ``BlobServiceClient`` use ``transport`` (None: leave the SDK alone).
+
+    azure-ai-ml 1.35.2 builds that client itself without a transport argument, so a dry run or a
+    test would otherwise upload to the real storage account. The patch is process-wide, hence the lock.
+    """
+    if transport is None:
+        yield
+        return
+    from azure.ai.ml._artifacts import _blob_storage_helper
+    from azure.storage.blob import BlobServiceClient
+
+    def through_transport(*args, **kwargs):
+        return BlobServiceClient(*args, transport=transport, **kwargs)
+
+    with _BLOB_PATCH:
+        original = _blob_storage_helper.BlobServiceClient
+        _blob_storage_helper.BlobServiceClient = through_transport
+        try:
+            yield
+        finally:
+            _blob_storage_helper.BlobServiceClient = original
 
 
 def _parse_body(request) -> object:
@@ -223,6 +286,26 @@ def _to_response(request, reply: Reply, stream: bool):
             response.read()
         return response
     return RequestsTransportResponse(request, raw)
+
+
+class _HttpxAdapter(httpx2.BaseTransport):
+    """The ``httpx2`` face of a RecordingTransport: records the request, answers from its routes."""
+
+    def __init__(self, recording: RecordingTransport):
+        self.recording = recording
+
+    def handle_request(self, request):
+        content = request.read()
+        try:
+            body = json.loads(content) if content else None
+        except ValueError:
+            body = bytes(content)
+        recorded = RecordedRequest(request.method, str(request.url), dict(request.headers), body)
+        self.recording.requests.append(recorded)
+        reply = self.recording._answer(recorded)
+        if isinstance(reply.body, (dict, list)):
+            return httpx2.Response(reply.status, json=reply.body, headers=reply.headers)
+        return httpx2.Response(reply.status, content=reply.body or b"", headers=reply.headers)
 
 
 class _BytesRaw:

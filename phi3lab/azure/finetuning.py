@@ -1,8 +1,11 @@
 """Serverless fine-tuning in Azure AI Foundry: data assets, the job, submission with a money guard.
 
-``submit_finetuning(config)`` validates the data, versions it by content hash, builds the
-chat-completion job from the same ``TrainConfig`` as local training and, unless
-``confirm=True``, only shows the exact request the real SDK would send plus a cost estimate.
+``submit_finetuning(config)`` runs one sequence of requests, and a dry run is that same sequence
+with nothing sent: read the project (its kind and region), look up the base model in the registry
+(unless prerequisite check 5's choice is passed in), look for an earlier job of the same name,
+get-or-create each data asset (its blob upload shown as size and SHA-256, never the bytes), then
+PUT the job. Without ``confirm=True`` the real SDK sends every request to a recording transport
+that answers like Azure (``simulator``), and the summary lists them all.
 Monitoring and metrics live in ``phi3lab.azure.monitor``.
 """
 
@@ -15,21 +18,28 @@ from pathlib import Path
 from ..config import TrainConfig, default_config
 from ..errors import Phi3LabError
 from ..models import CATALOG, OFFLINE_MODEL, get_spec
-from .dryrun import RecordedRequest, accepting, dry_run, show_requests
+from .catalog import ModelChoice, choose_base_model
+from .dryrun import RecordedRequest, RecordingTransport, blob_storage_through, dry_run, show_requests
 from .guard import confirmed
 from .monitor import status_text
+from .projects import find_project
 from .schemas import validate_job_body
 from .service import azure_errors
 from .settings import AzureSettings, load_settings
+from .simulator import service_routes
 
-# The wizard's three knobs → the keys the service reads. The REST spec types the map as string → string.
+# The wizard's three knobs -> the keys the service reads. The REST spec types the map as string -> string.
 HYPERPARAMETER_KEYS = {"batch_size": "per_device_train_batch_size", "learning_rate": "learning_rate",
                        "epochs": "num_train_epochs"}
-TASK = "ChatCompletion"
-REGISTRY = "azureml"
-DEFAULT_AZURE_MODEL = "phi-3-mini-4k-instruct"
+TASK = "ChatCompletion"  # the REST spec's enum spelling (facts.FACTS["task_type_spelling"])
+PREFERRED_AZURE_MODEL = "phi-3-mini-4k-instruct"  # the course's model; the stand-in stands in for it
 EXPERIMENT = "phi3lab-finetuning"
-JOB_TYPE = "Microsoft.MachineLearningServices/workspaces/jobs"
+NAME_PREFIX = "phi3lab-ft"
+# azure-ai-ml adds the local git remote URL, branch, commit and dirty flag to a job's properties
+# unless the job already carries one of these keys, so neutral values keep them out of the cloud.
+NO_GIT_METADATA = {key: "not recorded" for key in (
+    "mlflow.source.git.repoURL", "mlflow.source.git.branch", "mlflow.source.git.commit", "azureml.git.dirty",
+    "azureml.git.build_id", "azureml.git.build_uri")}
 
 
 def hyperparameters(config: TrainConfig) -> dict[str, str]:
@@ -39,19 +49,11 @@ def hyperparameters(config: TrainConfig) -> dict[str, str]:
 
 def azure_model_name(model: str) -> str:
     """The registry name of a catalog model; the offline stand-in maps to Phi-3-mini (it stands in for it)."""
-    if model == OFFLINE_MODEL:
-        model = DEFAULT_AZURE_MODEL
-    spec = get_spec(model)
+    spec = get_spec(PREFERRED_AZURE_MODEL if model == OFFLINE_MODEL else model)
     if not spec.azure_model:
         choices = ", ".join(name for name, s in CATALOG.items() if s.azure_model)
         raise Phi3LabError(f"{model} has no Azure AI Foundry model; choose one of: {choices}")
     return spec.azure_model
-
-
-def registry_model_id(azure_model: str, version: str | None = None) -> str:
-    """``azureml://registries/azureml/models/<name>/versions/<n>`` (``labels/latest`` when unknown)."""
-    tail = f"versions/{version}" if version else "labels/latest"
-    return f"azureml://registries/{REGISTRY}/models/{azure_model}/{tail}"
 
 
 # ----- data assets --------------------------------------------------------------------------
@@ -84,7 +86,7 @@ class DataAsset:
         return cls(name=name, version=digest.hexdigest()[:16], path=path, size=path.stat().st_size)
 
     def describe(self) -> str:
-        return f"{self.name}:{self.version} ← {self.path.name} ({self.size:,} bytes)"
+        return f"{self.name}:{self.version} <- {self.path.name} ({self.size:,} bytes)"
 
 
 def validated_asset(path: str | Path, name: str) -> DataAsset:
@@ -115,9 +117,8 @@ def ensure_data_asset(ml, asset: DataAsset) -> str:
 
 
 # ----- the job --------------------------------------------------------------------------------
-def build_job(config: TrainConfig, training: str, validation: str | None, model_id: str,
-              name: str | None = None, output_prefix: str = "phi3lab-ft"):
-    """The chat-completion fine-tuning job.
+def build_job(config: TrainConfig, training: str, validation: str | None, model_id: str, name: str):
+    """The chat-completion fine-tuning job; ``name`` also names the model it registers.
 
     Built as ``CustomModelFineTuningJob`` directly: ``create_finetuning_job`` in azure-ai-ml
     1.35.2 raises UnboundLocalError when ``validation_data`` is left out, and leaving it out is
@@ -127,31 +128,54 @@ def build_job(config: TrainConfig, training: str, validation: str | None, model_
     from azure.ai.ml.constants import AssetTypes
     from azure.ai.ml.entities._job.finetuning.custom_model_finetuning_job import CustomModelFineTuningJob
 
-    return CustomModelFineTuningJob(
-        task=TASK,  # the SDK sends it as "chatCompletion"; see schemas.validate_job_body
+    job = CustomModelFineTuningJob(
+        task=TASK,
         model=Input(type=AssetTypes.MLFLOW_MODEL, path=model_id),
         training_data=Input(type=AssetTypes.URI_FILE, path=training),
         validation_data=Input(type=AssetTypes.URI_FILE, path=validation) if validation else None,
         hyperparameters=hyperparameters(config),
-        outputs={"registered_model": Output(type="mlflow_model", name=output_prefix)},
+        outputs={"registered_model": Output(type="mlflow_model", name=name)},
         name=name,
         experiment_name=EXPERIMENT,
         display_name=name,
         tags={"course": "phi3lab", "base_model": model_id.split("/models/")[-1]},
+        properties=dict(NO_GIT_METADATA),
     )
+    job.task = TASK  # the constructor lowercases the first letter; the setter keeps the spec's spelling
+    return job
+
+
+def job_name(assets: list[DataAsset], config: TrainConfig, model_id: str) -> str:
+    """Deterministic: the same data, base model version and hyperparameters give the same name.
+
+    Re-running the cell then finds the existing job instead of paying for it twice, and each
+    different job registers its model under its own name.
+    """
+    key = "|".join([model_id, *(a.version for a in assets), *hyperparameters(config).values()])
+    return f"{NAME_PREFIX}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
 @dataclass
 class Submission:
-    """What submit_finetuning did: the job's name, the exact requests, the assets and the cost."""
+    """What submit_finetuning did: the job, the base model chosen, the requests, the assets and the cost."""
 
     dry_run: bool
     job_name: str
-    model_id: str
+    choice: ModelChoice
     assets: list[DataAsset]
     requests: list[RecordedRequest] = field(default_factory=list)
     cost: object = None  # phi3lab.data.CostEstimate
+    cost_tokenizer: str | None = None
     status: str | None = None
+
+    @property
+    def model_id(self) -> str:
+        return self.choice.model_id
+
+    @property
+    def output_model(self) -> str:
+        """The name the job registers the fine-tuned model under (the same as the job's)."""
+        return self.job_name
 
     @property
     def job_request(self) -> RecordedRequest | None:
@@ -160,15 +184,17 @@ class Submission:
 
     def summary(self) -> str:
         head = ("DRY RUN: nothing was sent and nothing was charged. Run again with confirm=True to submit."
-                if self.dry_run else f"Submitted job {self.job_name} (status {self.status}).")
-        lines = [head, f"base model: {self.model_id}", "data assets (uploaded only if that version is new):"]
-        lines += [f"  {a.describe()}" for a in self.assets]
+                if self.dry_run else f"Job {self.job_name}: {self.status}.")
+        lines = [head, f"base model: {self.choice}", f"fine-tuned model will be registered as: {self.output_model}",
+                 "data assets (uploaded only if that version is new):", *(f"  {a.describe()}" for a in self.assets)]
         if len(self.assets) == 1:
             lines.append("  no validation file: the service splits the training data automatically")
         if self.cost is not None:
-            lines += ["cost estimate:", *(f"  {line}" for line in str(self.cost).splitlines())]
+            lines += [f"cost estimate (tokens counted with {self.cost_tokenizer}):",
+                      *(f"  {line}" for line in str(self.cost).splitlines())]
         if self.requests:
-            lines += ["", show_requests(self.requests, "Request" + ("s that would be sent" if self.dry_run else "s sent"))]
+            lines += ["", show_requests(self.requests, "Requests that would be sent, in order" if self.dry_run
+                                        else "Requests sent")]
         return "\n".join(lines)
 
     __str__ = summary
@@ -178,75 +204,99 @@ class Submission:
 
 
 def submit_finetuning(config: TrainConfig | None = None, settings: AzureSettings | None = None, *,
-                      confirm: bool = False, model: str | None = None, price_per_1k_tokens: float | None = None,
-                      job_name: str | None = None, credential=None, transport=None) -> Submission:
-    """Validate, version, build and (only with ``confirm=True``) submit the fine-tuning job.
+                      confirm: bool = False, model: str | ModelChoice | None = None,
+                      price_per_1k_tokens: float | None = None, credential=None, transport=None) -> Submission:
+    """Validate, version, choose the base model and (only with ``confirm=True``) submit the job.
 
-    ``model``: a catalog name (default: the config's model, the stand-in mapping to Phi-3-mini).
-    ``price_per_1k_tokens``: from the portal's "Pricing and terms" tab; no API gives it.
-    Without settings, or without ``confirm=True``, the real SDK builds the request against a
-    recording transport and nothing leaves this machine.
+    ``model``: prerequisite check 5's ``ModelChoice`` (what notebook 03 passes), or a catalog name
+    to prefer (default: the config's model, the stand-in standing for Phi-3-mini), looked up in the
+    registry the same way. ``price_per_1k_tokens``: from the portal's "Pricing and terms" tab.
+    Without settings, or without ``confirm=True``, nothing leaves this machine; ``transport`` then
+    only answers the dry run's free reads (tests).
     """
     settings = settings or load_settings()
     send = confirmed(confirm, settings)
     config = config or default_config()
-    azure_model = azure_model_name(model or config.model)
     assets = [validated_asset(config.resolve(config.train_file), "phi3lab-train")]
     if config.validation_file:
         assets.append(validated_asset(config.resolve(config.validation_file), "phi3lab-validation"))
-    cost = _cost(assets[0], config, model or config.model, price_per_1k_tokens)
-    job_name = job_name or _job_name(assets, config, azure_model)
-
-    if not send:
-        return _dry_run(config, settings, azure_model, assets, cost, job_name)
-
-    from .auth import ml_client, registry_client
-
-    ml = ml_client(settings, credential=credential, transport=transport)
-    registry = registry_client(credential=credential, transport=transport)
-    with azure_errors(f"looking up {azure_model} in the {REGISTRY} registry"):
-        model_id = registry.models.get(azure_model, label="latest").id
-    existing = _existing_job(ml, job_name)
-    if existing is not None:  # same data, model and hyperparameters: never pay twice for one job
-        return Submission(False, job_name, model_id, assets, cost=cost, status=status_text(existing.status))
-    references = [ensure_data_asset(ml, asset) for asset in assets]
-    job = build_job(config, references[0], references[1] if len(references) > 1 else None, model_id, job_name)
-    with azure_errors(f"submitting fine-tuning job {job_name}"):
-        created = ml.jobs.create_or_update(job)
-    return Submission(False, created.name, model_id, assets, cost=cost, status=status_text(created.status))
-
-
-def _dry_run(config, settings, azure_model, assets, cost, job_name) -> Submission:
-    run = dry_run([("PUT", r"/jobs/[^/?]+\?", accepting(201, JOB_TYPE, status="NotStarted"))], settings)
-    model_id = registry_model_id(azure_model)
-    references = [asset.reference for asset in assets]
-    job = build_job(config, references[0], references[1] if len(references) > 1 else None, model_id, job_name)
-    run.ml_client().jobs.create_or_update(job)
-    submission = Submission(True, job_name, model_id, assets, run.requests, cost)
-    validate_job_body(submission.job_request.body)
+    if send:
+        clients = _Live(settings, credential, transport)
+    else:
+        reads = transport if isinstance(transport, RecordingTransport) else None
+        clients = dry_run(service_routes(settings), settings, reads)
+    submission = _run(clients, config, model, assets, dry=not send)
+    submission.cost, submission.cost_tokenizer = _cost(assets[0], config, price_per_1k_tokens)
+    if submission.job_request is not None:
+        validate_job_body(submission.job_request.body)
     return submission
 
 
-def _existing_job(ml, job_name: str):
+class _Live:
+    """The real clients, shaped like a DryRun (``ml_client``, ``registry_client``, ``resource_client``)."""
+
+    def __init__(self, settings, credential, transport):
+        from .auth import get_credential
+
+        self.settings, self.credential, self.transport = settings, credential or get_credential(), transport
+        self.requests: list[RecordedRequest] = getattr(transport, "requests", [])
+
+    def _kwargs(self) -> dict:
+        return {"transport": self.transport} if self.transport is not None else {}
+
+    def ml_client(self):
+        from .auth import ml_client
+
+        return ml_client(self.settings, credential=self.credential, **self._kwargs())
+
+    def registry_client(self):
+        from .auth import registry_client
+
+        return registry_client(credential=self.credential, **self._kwargs())
+
+    def resource_client(self):
+        from azure.mgmt.resource.resources import ResourceManagementClient
+
+        return ResourceManagementClient(self.credential, self.settings.subscription_id, **self._kwargs())
+
+
+def _run(clients, config: TrainConfig, model, assets: list[DataAsset], dry: bool) -> Submission:
+    """The one sequence of requests, real or dry: project, base model, earlier job, data assets, job PUT."""
+    start = len(clients.requests)
+    ml = clients.ml_client()
+    project = find_project(ml, clients.resource_client(), clients.settings).require_usable()
+    choice = model if isinstance(model, ModelChoice) else choose_base_model(
+        clients.registry_client(), project.region, azure_model_name(model or config.model))
+    name = job_name(assets, config, choice.model_id)
+    existing = _existing_job(ml, name)
+    if existing is not None:  # same data, model and hyperparameters: never pay twice for one job
+        return Submission(dry, name, choice, assets, status=status_text(existing.status))
+    with blob_storage_through(clients.transport):
+        references = [ensure_data_asset(ml, asset) for asset in assets]
+    job = build_job(config, references[0], references[1] if len(references) > 1 else None, choice.model_id, name)
+    with azure_errors(f"submitting fine-tuning job {name}"):
+        created = ml.jobs.create_or_update(job)
+    return Submission(dry, created.name, choice, assets, list(clients.requests[start:]),
+                      status=status_text(created.status))
+
+
+def _existing_job(ml, name: str):
     from azure.core.exceptions import ResourceNotFoundError
 
-    with azure_errors(f"looking for an earlier job {job_name}"):
+    with azure_errors(f"looking for an earlier job {name}"):
         try:
-            return ml.jobs.get(job_name)
+            return ml.jobs.get(name)
         except ResourceNotFoundError:
             return None
 
 
-def _job_name(assets: list[DataAsset], config: TrainConfig, azure_model: str) -> str:
-    # Deterministic: the same data, model and hyperparameters give the same name, so re-running
-    # the cell finds the existing job instead of submitting (and paying for) it again.
-    key = "|".join([azure_model, *(a.version for a in assets), *hyperparameters(config).values()])
-    return f"phi3lab-ft-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
-
-
-def _cost(asset: DataAsset, config: TrainConfig, model: str, price: float | None):
+def _cost(asset: DataAsset, config: TrainConfig, price: float | None):
+    """The estimate and which tokenizer counted it: the config's model's, which is local (offline: the stand-in's)."""
     if price is None:
-        return None
+        return None, None
     from ..data import estimate_cost
 
-    return estimate_cost(asset.path, model, epochs=config.epochs, price_per_1k_tokens=price)
+    label = (f"the offline stand-in's tokenizer ({OFFLINE_MODEL}); Azure bills with the base model's own "
+             f"tokenizer, so the real count differs" if config.model == OFFLINE_MODEL
+             else f"the {config.model} tokenizer")
+    return estimate_cost(asset.path, config.model, epochs=config.epochs, price_per_1k_tokens=price), label

@@ -1,5 +1,14 @@
 """Prerequisite checks for serverless fine-tuning: each gives pass, fail or skipped, with a one-line fix.
 
+1. the subscription and resource group are reachable with your sign-in;
+2. ``Microsoft.Network`` is registered;
+3. your roles: Azure AI Developer (or Owner/Contributor) on the resource group for the project's
+   work, Owner or Contributor on the subscription to fine-tune catalog models;
+4. the project is a hub-based project (not a hub, a plain workspace or a Foundry project);
+5. a base model is offered for serverless fine-tuning in the project's region: Phi-3-mini where
+   the registry still offers it, otherwise its documented successor. ``report.model_choice`` is
+   that model, pinned to its version; notebook 03 submits exactly it.
+
 Without Azure settings every check is skipped, so notebook 00 runs offline. Registering the
 ``Microsoft.Network`` provider is the one change offered here, behind ``confirm=True``.
 """
@@ -11,21 +20,18 @@ import json
 from dataclasses import dataclass, field
 
 from ..errors import Phi3LabError
+from .catalog import ModelChoice, choose_base_model
 from .dryrun import Reply, dry_run, show_requests
-from .finetuning import DEFAULT_AZURE_MODEL, azure_model_name
 from .guard import confirmed
-from .roles import FINETUNING_ROLES, ROLE_NAMES
-from .service import RBAC_HINT, azure_errors
+from .projects import Project, find_project
+from .roles import FOUNDRY_ROLES, PROJECT_ROLES, ROLE_NAMES, SUBSCRIPTION_ROLES
+from .service import azure_errors
 from .settings import SETTINGS_HINT, AzureSettings, load_settings
 
 PROVIDER = "Microsoft.Network"
-REGION_TAG = "maas-finetuning-deploy-regions"  # registry model tag listing serverless fine-tuning regions
-# Documented regions for serverless fine-tuning (the seeds: Phi-3-mini only in East US 2 hubs).
-DOCUMENTED_REGIONS = {"Phi-3-mini-4k-instruct": ("eastus2",), "Phi-3-mini-128k-instruct": ("eastus2",)}
-# Documented successors, newest first, proposed when Phi-3 is no longer offered.
-SUCCESSORS = ("phi-4-mini-instruct", "phi-3.5-mini-instruct")
 NO_SETTINGS = "skipped: no Azure settings"
 ICONS = {"pass": "PASS", "fail": "FAIL", "skipped": "SKIP"}
+GRANT = "portal → {scope} → Access control (IAM) → Add role assignment → {role}"
 
 
 @dataclass
@@ -43,6 +49,7 @@ class Check:
 @dataclass
 class CheckReport:
     checks: list[Check] = field(default_factory=list)
+    model_choice: ModelChoice | None = None  # check 5's result: the base model notebook 03 submits
 
     @property
     def ok(self) -> bool:
@@ -58,13 +65,15 @@ class CheckReport:
 
 
 CHECK_NAMES = ("subscription and resource group reachable", f"{PROVIDER} provider registered",
-               "role on the resource group", "project region supports serverless fine-tuning",
-               "model offered for serverless fine-tuning in that region")
+               "your roles", "project type", "base model offered for serverless fine-tuning")
 
 
-def run_checks(settings: AzureSettings | None = None, model: str = DEFAULT_AZURE_MODEL, *, credential=None,
+def run_checks(settings: AzureSettings | None = None, model: str | None = None, *, credential=None,
                transport=None) -> CheckReport:
-    """Run every check in order; after a login failure the rest are skipped (they would fail the same way)."""
+    """Run every check in order; after a login failure the rest are skipped (they would fail the same way).
+
+    ``model``: the catalog model to prefer (default: the course config's, the stand-in standing for Phi-3-mini).
+    """
     settings = settings or load_settings()
     if settings is None:
         checks = [Check(name, "skipped", NO_SETTINGS) for name in CHECK_NAMES]
@@ -72,11 +81,10 @@ def run_checks(settings: AzureSettings | None = None, model: str = DEFAULT_AZURE
         return CheckReport(checks)
     from .auth import AzureLoginError, get_credential
 
-    credential = credential or get_credential()
-    context = _Context(settings, azure_model_name(model), credential, transport)
+    context = _Context(settings, _preferred(model), credential or get_credential(), transport)
     report = CheckReport()
     for name, check in zip(CHECK_NAMES, context.checks(), strict=True):
-        if report.checks and isinstance(getattr(context, "login_error", None), AzureLoginError):
+        if context.login_error is not None:
             report.checks.append(Check(name, "skipped", "skipped: sign in first", "see the first failure"))
             continue
         try:
@@ -85,23 +93,37 @@ def run_checks(settings: AzureSettings | None = None, model: str = DEFAULT_AZURE
             context.login_error = exc
             report.checks.append(Check(name, "fail", "not signed in", str(exc)))
         except Phi3LabError as exc:
-            report.checks.append(Check(name, "fail", str(exc).split(";")[0], _fix_of(exc)))
+            report.checks.append(Check(name, "fail", *_detail_and_fix(exc)))
+    report.model_choice = context.choice
     return report
 
 
-def _fix_of(exc: Exception) -> str:
+def _preferred(model: str | None) -> str:
+    from ..config import default_config
+    from .finetuning import azure_model_name
+
+    return azure_model_name(model or default_config().model)
+
+
+def _detail_and_fix(exc: Exception) -> tuple[str, str]:
+    """A message's problem and its fix: split at ". Fix: " or, for the service's errors, at the first "; "."""
     text = str(exc)
-    return text.split("; ", 1)[1] if "; " in text else text
+    for marker in (". Fix: ", "; "):
+        if marker in text:
+            detail, fix = text.split(marker, 1)
+            return detail, fix
+    return text, ""
 
 
 class _Context:
-    def __init__(self, settings, azure_model, credential, transport):
-        self.settings, self.azure_model, self.credential, self.transport = settings, azure_model, credential, transport
-        self.region: str | None = None
+    def __init__(self, settings: AzureSettings, preferred: str, credential, transport):
+        self.settings, self.preferred, self.credential, self.transport = settings, preferred, credential, transport
+        self.project: Project | None = None
+        self.choice: ModelChoice | None = None
         self.login_error = None
 
     def checks(self):
-        return [self.reachable, self.provider, self.role, self.region_supported, self.model_offered]
+        return [self.reachable, self.provider, self.roles, self.project_type, self.model_offered]
 
     def _kwargs(self) -> dict:
         return {"transport": self.transport} if self.transport is not None else {}
@@ -124,81 +146,63 @@ class _Context:
                      "register_provider(confirm=True), or portal: Subscriptions → your subscription → "
                      "Resource providers → Microsoft.Network → Register")
 
-    def role(self, name: str) -> Check:
+    def roles(self, name: str) -> Check:
+        held = self._held_roles()
+        group, subscription = held["group"], held["subscription"]
+        missing = []
+        if not group & set(PROJECT_ROLES):
+            missing.append((" or ".join(ROLE_NAMES[r] for r in PROJECT_ROLES), f"resource group "
+                            f"{self.settings.resource_group}", "an Owner of the resource group or the subscription",
+                            "resource group"))
+        if not subscription & set(SUBSCRIPTION_ROLES):
+            missing.append(("Owner or Contributor", "the subscription (needed to fine-tune catalog models)",
+                            "an Owner of the subscription", "Subscriptions → your subscription"))
+        foundry = sorted(ROLE_NAMES[r] for r in (group | subscription) & set(FOUNDRY_ROLES))
+        note = (f"; you hold {', '.join(foundry)}, which covers Foundry projects, not hub-based projects"
+                if foundry else "")
+        if not missing:
+            names = sorted(ROLE_NAMES[r] for r in (group | subscription) & set(PROJECT_ROLES + SUBSCRIPTION_ROLES))
+            return Check(name, "pass", f"you hold {', '.join(names)}{note}")
+        detail = "; ".join(f"missing {role} on {scope}" for role, scope, _, _ in missing) + note
+        fix = "; ".join(f"ask {who} to grant it ({GRANT.format(scope=where, role=role)})"
+                        for role, _, who, where in missing)
+        return Check(name, "fail", detail, fix)
+
+    def _held_roles(self) -> dict[str, set[str]]:
+        """Role ids assigned to you on the resource group (directly or inherited) and on the subscription or above."""
         from azure.mgmt.authorization import AuthorizationManagementClient
 
         client = AuthorizationManagementClient(self.credential, self.settings.subscription_id, **self._kwargs())
         scope = f"/subscriptions/{self.settings.subscription_id}/resourceGroups/{self.settings.resource_group}"
-        principal = _principal_id(self.credential)
         with azure_errors("listing your role assignments"):
+            # atScope() returns the assignments at this scope and those inherited from above it.
             assignments = list(client.role_assignments.list_for_scope(
-                scope, filter=f"atScope() and assignedTo('{principal}')"))
-        held = {a.role_definition_id.rsplit("/", 1)[-1].lower() for a in assignments}
-        for role in FINETUNING_ROLES:
-            if role in held:
-                return Check(name, "pass", f"you hold {ROLE_NAMES[role]} on {self.settings.resource_group}")
-        wanted = ", ".join(ROLE_NAMES[role] for role in FINETUNING_ROLES)
-        return Check(name, "fail", f"none of {wanted} on {self.settings.resource_group}", RBAC_HINT)
+                scope, filter=f"atScope() and assignedTo('{_principal_id(self.credential)}')"))
+        held = {"group": set(), "subscription": set()}
+        for assignment in assignments:
+            role = assignment.role_definition_id.rsplit("/", 1)[-1].lower()
+            held["group"].add(role)
+            if not (assignment.scope or scope).lower().startswith(scope.lower()):
+                held["subscription"].add(role)  # assigned on the subscription or a management group above it
+        return held
 
-    def region_supported(self, name: str) -> Check:
+    def project_type(self, name: str) -> Check:
         from .auth import ml_client
 
-        ml = ml_client(self.settings, credential=self.credential, transport=self.transport)
-        with azure_errors(f"reading project {self.settings.project}"):
-            self.region = normalize_region(ml.workspaces.get(self.settings.project).location)
-        documented = DOCUMENTED_REGIONS.get(self.azure_model)
-        if documented and self.region not in documented:
-            return Check(name, "fail", f"project is in {self.region}; {self.azure_model} serverless fine-tuning is "
-                         f"documented for {', '.join(documented)} only",
-                         f"create a hub/project in {documented[0]} (portal: AI Foundry → New project → region)")
-        where = f"documented for {', '.join(documented)}" if documented else "see the next check for the live list"
-        return Check(name, "pass", f"project region {self.region} ({where})")
+        ml = ml_client(self.settings, credential=self.credential, **self._kwargs())
+        self.project = find_project(ml, self.resources(), self.settings)
+        if self.project.usable:
+            return Check(name, "pass", self.project.describe())
+        return Check(name, "fail", self.project.describe(), self.project.problem())
 
     def model_offered(self, name: str) -> Check:
-        regions = offered_regions(self.azure_model, self.credential, self.transport)
-        if self.region and self.region in regions:
-            return Check(name, "pass", f"{self.azure_model} is offered in {self.region}")
-        here = [s for s in SUCCESSORS if self.region in offered_regions(azure_model_name(s), self.credential,
-                                                                        self.transport)]
-        listed = ", ".join(regions) or "no region"
-        fix = (f"use model={here[0]!r} (offered in {self.region})" if here
-               else f"documented successors: {', '.join(SUCCESSORS)}; pick one offered in your region")
-        return Check(name, "fail", f"{self.azure_model} is not offered in {self.region} (registry lists {listed})", fix)
+        if self.project is None or not self.project.usable:
+            return Check(name, "skipped", "skipped: needs a hub-based project (check 4)", "see check 4")
+        from .auth import registry_client
 
-
-def normalize_region(region: str | None) -> str:
-    return (region or "").replace(" ", "").lower()
-
-
-def offered_regions(azure_model: str, credential, transport=None) -> list[str]:
-    """Regions from the registry model's ``maas-finetuning-deploy-regions`` tag ([] if absent or unknown)."""
-    from azure.core.exceptions import ResourceNotFoundError
-
-    from .auth import registry_client
-
-    registry = registry_client(credential=credential, transport=transport)
-    try:
-        with azure_errors(f"reading {azure_model} from the model registry"):
-            model = registry.models.get(azure_model, label="latest")
-    except Phi3LabError as exc:
-        if isinstance(exc.__context__, ResourceNotFoundError) or "not found" in str(exc):
-            return []
-        raise
-    return parse_regions((model.tags or {}).get(REGION_TAG))
-
-
-def parse_regions(value) -> list[str]:
-    """The tag holds a JSON list or a comma-separated string, depending on the model's age."""
-    if not value:
-        return []
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            value = value.split(",")
-    if isinstance(value, str):
-        value = [value]
-    return [normalize_region(v) for v in value if str(v).strip()]
+        registry = registry_client(credential=self.credential, **self._kwargs())
+        self.choice = choose_base_model(registry, self.project.region, self.preferred)
+        return Check(name, "pass", self.choice.summary())
 
 
 def provider_state(resources) -> str:
