@@ -1,9 +1,10 @@
 """One way to test an endpoint, local or Azure: send prompts, time them, count tokens, load-test.
 
 ``query_endpoint(endpoint, prompts)`` is the same call for both kinds; only the endpoint object
-differs. ``LocalEndpoint`` speaks OpenAI-compatible HTTP with httpx; ``AzureEndpoint`` goes through
-``azure.ai.inference.ChatCompletionsClient`` with the endpoint key. Every call is appended to the
-course's call log (``phi3lab.monitoring``) without keys.
+differs. Both speak the OpenAI chat-completions API through the ``openai`` client: the local
+server at ``<url>/v1``, an Azure serverless endpoint at ``<scoring URI>/v1`` with its key (the
+route Microsoft documents now that ``azure-ai-inference`` is retired; ``phi3lab.azure.facts``).
+Every call is appended to the course's call log (``phi3lab.monitoring``) without keys.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ Prompt = str | list[dict]
 # Sizes: a real workshop run, and the CI profile (PHI3LAB_PROFILE=ci) that keeps notebooks fast on 2 CPU cores.
 FULL = {"max_tokens": 64, "concurrency": 8, "requests": 50, "load_max_tokens": 32}
 CI = {"max_tokens": 16, "concurrency": 4, "requests": 8, "load_max_tokens": 8}
+NO_KEY = "no-key"  # the openai client insists on a key; a local server started without one ignores it
 
 
 def sizes() -> dict:
@@ -66,39 +68,22 @@ class CallResult:
 
 @dataclass(frozen=True)
 class LocalEndpoint:
-    """An OpenAI-compatible endpoint, e.g. ``LocalServer.url``."""
+    """An OpenAI-compatible endpoint, e.g. ``LocalServer.url`` (``api_key`` when the server was started with one)."""
 
     url: str
     name: str = "local"
     model: str | None = None
     timeout: float = 300.0
+    api_key: str | None = field(default=None, repr=False)
     kind = "local"
 
     def client(self, concurrency: int = 1):
-        import httpx
-
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        return httpx.Client(base_url=self.url.rstrip("/"), timeout=self.timeout, limits=limits)
+        # No retries: a load test must see every refusal of the local server, not hide it.
+        return openai_client(f"{self.url.rstrip('/')}/v1", self.api_key or NO_KEY, self.timeout, concurrency,
+                             max_retries=0)
 
     def send(self, client, messages: list[dict], max_tokens: int, temperature: float) -> CallResult:
-        import httpx
-
-        body = {"messages": messages, "max_tokens": max_tokens, "temperature": temperature}
-        if self.model:
-            body["model"] = self.model
-        start = time.perf_counter()
-        try:
-            reply = client.post("/v1/chat/completions", json=body)
-        except httpx.HTTPError as exc:
-            return _failed(messages, start, type(exc).__name__, str(exc))
-        latency = time.perf_counter() - start
-        data = _json_or_none(reply)
-        if reply.status_code != 200 or not data:
-            message = ((data or {}).get("error") or {}).get("message") or reply.text[:300]
-            return CallResult(_last_user(messages), None, latency, reply.status_code, error=mask_secrets(message))
-        usage = data.get("usage") or {}
-        return CallResult(_last_user(messages), data["choices"][0]["message"]["content"], latency, 200,
-                          usage.get("prompt_tokens"), usage.get("completion_tokens"))
+        return chat(client, self.model, messages, max_tokens, temperature)
 
 
 @dataclass(frozen=True)
@@ -109,46 +94,57 @@ class AzureEndpoint:
     key: str = field(repr=False)
     name: str = "azure"
     timeout: float = 120.0
-    transport: object = field(default=None, repr=False, compare=False)  # tests pass a recording transport
+    transport: object = field(default=None, repr=False, compare=False)  # tests pass one answering like Azure
     kind = "azure"
 
     def __repr__(self) -> str:
         return f"AzureEndpoint(url={self.url!r}, key='***', name={self.name!r})"
 
     def client(self, concurrency: int = 1):
-        from azure.ai.inference import ChatCompletionsClient
-        from azure.core.credentials import AzureKeyCredential
-
-        extra = {"transport": self.transport} if self.transport is not None else {}
-        return ChatCompletionsClient(endpoint=self.url, credential=AzureKeyCredential(self.key),
-                                     connection_timeout=30, read_timeout=self.timeout, **extra)
+        # The openai client's own retries honour Retry-After on 429, the endpoint's rate limit.
+        return openai_client(f"{self.url.rstrip('/')}/v1", self.key, self.timeout, concurrency,
+                             transport=self.transport)
 
     def send(self, client, messages: list[dict], max_tokens: int, temperature: float) -> CallResult:
-        from azure.core.exceptions import AzureError, HttpResponseError
-
-        start = time.perf_counter()
-        try:
-            reply = client.complete(messages=messages, max_tokens=max_tokens, temperature=temperature)
-        except HttpResponseError as exc:
-            status = exc.status_code or type(exc).__name__
-            return _failed(messages, start, status, exc.message or str(exc))
-        except AzureError as exc:
-            return _failed(messages, start, type(exc).__name__, str(exc))
-        latency = time.perf_counter() - start
-        usage = reply.usage
-        return CallResult(_last_user(messages), reply.choices[0].message.content, latency, 200,
-                          usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None)
+        return chat(client, None, messages, max_tokens, temperature)
 
 
 Endpoint = LocalEndpoint | AzureEndpoint
 
 
-def _json_or_none(reply) -> dict | None:
+def openai_client(base_url: str, api_key: str, timeout: float, concurrency: int = 1, transport=None,
+                  max_retries: int = 2):
+    """An ``openai.OpenAI`` client for ``base_url`` with a connection pool sized for ``concurrency``.
+
+    ``transport``: an ``httpx2`` transport, or a ``phi3lab.azure.dryrun.RecordingTransport`` (tests).
+    """
+    import httpx2
+    import openai
+
+    if transport is not None and not isinstance(transport, httpx2.BaseTransport):
+        transport = transport.httpx()
+    limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    http = httpx2.Client(timeout=timeout, limits=limits, transport=transport)
+    return openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries,
+                         http_client=http)
+
+
+def chat(client, model: str | None, messages: list[dict], max_tokens: int, temperature: float) -> CallResult:
+    """One chat completion through the openai client, as a CallResult (a refusal is a result, not an exception)."""
+    import openai
+
+    start = time.perf_counter()
     try:
-        data = reply.json()
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
+        reply = client.chat.completions.create(model=model or openai.omit, messages=messages,
+                                               max_tokens=max_tokens, temperature=temperature)
+    except openai.APIStatusError as exc:
+        body = exc.body if isinstance(exc.body, dict) else {}
+        return _failed(messages, start, exc.status_code, str(body.get("message") or exc.message))
+    except openai.APIError as exc:  # no answer at all: connection refused, timeout
+        return _failed(messages, start, type(exc).__name__, str(exc))
+    usage = reply.usage
+    return CallResult(_last_user(messages), reply.choices[0].message.content, time.perf_counter() - start, 200,
+                      usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None)
 
 
 def _last_user(messages: list[dict]) -> str:
@@ -227,14 +223,37 @@ def _reference(prompt: Prompt) -> str | None:
         else None
 
 
+def check_billing(endpoint: Endpoint, requests: int, confirm, max_requests: int | None) -> None:
+    """Azure endpoints bill every token, so ``requests`` calls to one need ``confirm=True`` and a stated cap
+    (``max_requests``) they fit under; nothing is sent otherwise. Local endpoints cost nothing and pass."""
+    from .azure.guard import strict_confirm
+
+    confirmed = strict_confirm(confirm)  # a non-bool is a TypeError for every endpoint: it is a typo either way
+    if endpoint.kind != "azure":
+        return
+    what = f"{requests} request(s) to the Azure endpoint '{endpoint.name}' are billed per token"
+    if not confirmed:
+        raise EndpointError(f"{what} and need your consent; nothing was sent. Fix: pass confirm=True and "
+                            f"max_requests={requests}")
+    if type(max_requests) is not int or max_requests < 1:
+        raise EndpointError(f"{what}: state the most you agree to pay for with max_requests=N (a whole number, "
+                            f"at least {requests}); nothing was sent")
+    if requests > max_requests:
+        raise EndpointError(f"{what}, over your cap of max_requests={max_requests}; nothing was sent. Fix: send "
+                            "fewer requests or raise the cap")
+
+
 def query_endpoint(endpoint: Endpoint, prompts: list[Prompt], system: str | None = None,
                    max_tokens: int | None = None, temperature: float = 0.0,
-                   log: CallLog | None | bool = True) -> QueryReport:
+                   log: CallLog | None | bool = True, confirm: bool | None = None,
+                   max_requests: int | None = None) -> QueryReport:
     """Send each prompt once, in order, and report responses, latency and tokens (logged unless ``log=False``).
 
     A prompt is a user message or a conversation; a conversation's final assistant turn is kept
-    aside as the reference answer. ``max_tokens`` defaults to 64 (16 under the CI profile).
+    aside as the reference answer. ``max_tokens`` defaults to 64 (16 under the CI profile). An Azure
+    endpoint needs ``confirm=True`` and ``max_requests`` (see ``check_billing``).
     """
+    check_billing(endpoint, len(prompts), confirm, max_requests)
     calls = _logger(log)
     max_tokens = max_tokens or sizes()["max_tokens"]
     with endpoint.client() as client:
@@ -248,9 +267,14 @@ def query_endpoint(endpoint: Endpoint, prompts: list[Prompt], system: str | None
 
 
 def compare_endpoints(endpoints: list[Endpoint], prompts: list[Prompt], **kwargs):
-    """Side by side: one row per prompt, one response column per endpoint (a pandas DataFrame)."""
+    """Side by side: one row per prompt, one response column per endpoint (a pandas DataFrame).
+
+    ``kwargs`` go to ``query_endpoint``: an Azure endpoint among them needs ``confirm=True`` and ``max_requests``.
+    """
     import pandas as pd
 
+    for endpoint in endpoints:  # all checked first: a refused Azure endpoint must not follow a finished local run
+        check_billing(endpoint, len(prompts), kwargs.get("confirm"), kwargs.get("max_requests"))
     reports = [query_endpoint(ep, prompts, **kwargs) for ep in endpoints]
     rows = {"prompt": [r.prompt for r in reports[0].results]}
     for report in reports:
@@ -288,10 +312,12 @@ class LoadReport:
 
 def load_test(endpoint: Endpoint, prompts: list[Prompt], concurrency: int | None = None, requests: int | None = None,
               max_tokens: int | None = None, temperature: float = 0.0, system: str | None = None,
-              log: CallLog | None | bool = True) -> LoadReport:
+              log: CallLog | None | bool = True, confirm: bool | None = None,
+              max_requests: int | None = None) -> LoadReport:
     """``requests`` calls with at most ``concurrency`` in flight, cycling through ``prompts``.
 
-    Defaults: 8 in flight, 50 requests, 32 tokens each (CI profile: 4, 8 and 8).
+    Defaults: 8 in flight, 50 requests, 32 tokens each (CI profile: 4, 8 and 8). An Azure endpoint
+    needs ``confirm=True`` and ``max_requests`` (see ``check_billing``).
     """
     size = sizes()
     concurrency, requests = concurrency or size["concurrency"], requests or size["requests"]
@@ -300,6 +326,7 @@ def load_test(endpoint: Endpoint, prompts: list[Prompt], concurrency: int | None
         raise EndpointError(f"concurrency and requests must be at least 1 (got {concurrency}, {requests})")
     if not prompts:
         raise EndpointError("load_test needs at least one prompt")
+    check_billing(endpoint, requests, confirm, max_requests)
     calls = _logger(log)
     conversations = [as_messages(prompts[i % len(prompts)], system) for i in range(requests)]
     with endpoint.client(concurrency) as client, concurrent.futures.ThreadPoolExecutor(concurrency) as pool:

@@ -7,7 +7,7 @@ import pytest
 from azure_fakes import SETTINGS
 from test_azure_deployment import FakeFoundry
 
-from phi3lab.azure.cleanup import cleanup_azure
+from phi3lab.azure.cleanup import cleanup_azure, delete_course_resource_group
 from phi3lab.azure.deployment import deploy_serverless
 from phi3lab.azure.finetuning import submit_finetuning
 from phi3lab.azure.guard import ConfirmError, confirmed, strict_confirm
@@ -32,6 +32,8 @@ BILLABLE = {
     "scale-out training job": lambda fake, tmp, confirm: submit_training_job(
         TrainConfig(), settings=SETTINGS, confirm=confirm, config_path=tmp / "job.yaml", **_fake_kwargs(fake)),
     "Azure cleanup (cancel, delete, archive)": lambda fake, tmp, confirm: cleanup_azure(
+        SETTINGS, confirm=confirm, **_fake_kwargs(fake)),
+    "delete the course's resource group": lambda fake, tmp, confirm: delete_course_resource_group(
         SETTINGS, confirm=confirm, **_fake_kwargs(fake)),
     "local cleanup (remove files, stop servers)": lambda fake, tmp, confirm: local_cleanup(confirm=confirm),
 }
