@@ -140,8 +140,8 @@ def chat(client, model: str | None, messages: list[dict], max_tokens: int, tempe
     except openai.APIStatusError as exc:
         body = exc.body if isinstance(exc.body, dict) else {}
         return _failed(messages, start, exc.status_code, str(body.get("message") or exc.message))
-    except openai.APIError as exc:  # no answer at all: connection refused, timeout
-        return _failed(messages, start, type(exc).__name__, str(exc))
+    except openai.APIError as exc:  # no answer at all: named after the transport's error (ConnectError, ReadTimeout)
+        return _failed(messages, start, type(exc.__cause__ or exc).__name__, str(exc))
     usage = reply.usage
     return CallResult(_last_user(messages), reply.choices[0].message.content, time.perf_counter() - start, 200,
                       usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None)

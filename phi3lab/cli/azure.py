@@ -1,4 +1,4 @@
-"""``phi3lab azure ...``: prerequisite checks, fine-tuning submit/monitor/metrics, scale-out. Dry run by default."""
+"""``phi3lab azure ...``: checks, fine-tuning submit/monitor/metrics, cleanup, scale-out. Dry run by default."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ def register(commands) -> None:
     sub = parser.add_subparsers(dest="azure_command", metavar="ACTION", required=True)
 
     check = sub.add_parser("check", help="prerequisite checks (pass/fail/skipped, each with its fix)")
-    check.add_argument("--model", default="phi-3-mini-4k-instruct", help="catalog name of the base model")
+    check.add_argument("--model", help="catalog name of the model to prefer (default: the course config's; "
+                                       "its documented successor where the registry no longer offers it)")
     check.set_defaults(handler=_check)
 
     provider = sub.add_parser("register-provider", help="register Microsoft.Network (dry run without --confirm)")
@@ -17,7 +18,8 @@ def register(commands) -> None:
 
     submit = sub.add_parser("submit", help="serverless fine-tuning job (dry run without --confirm)")
     submit.add_argument("--config", required=True, help="TrainConfig YAML/JSON (batch size, learning rate, epochs)")
-    submit.add_argument("--model", help="catalog name (default: the config's model)")
+    submit.add_argument("--model", help="catalog name to prefer (default: the config's model); the registry decides "
+                                        "between it and its documented successor")
     submit.add_argument("--price", type=float, help="price per 1K training tokens, from the portal's Pricing tab")
     submit.add_argument("--confirm", action="store_true", help="really upload and submit (costs money)")
     submit.set_defaults(handler=_submit)
@@ -31,6 +33,15 @@ def register(commands) -> None:
     metrics.add_argument("job")
     metrics.add_argument("--out", required=True, help="JSON file to write (same format as local training)")
     metrics.set_defaults(handler=_metrics)
+
+    cleanup = sub.add_parser("cleanup", help="list the course's Azure resources; --confirm cancels and deletes them")
+    cleanup.add_argument("--confirm", action="store_true", help="really cancel, delete (or archive) them")
+    cleanup.set_defaults(handler=_cleanup)
+
+    group = sub.add_parser("delete-resource-group",
+                           help="last step: delete the resource group if the course created it (tag course=phi3lab)")
+    group.add_argument("--confirm", action="store_true", help="really delete the group and everything in it")
+    group.set_defaults(handler=_delete_group)
 
     job = sub.add_parser("train-job", help="`phi3lab train` as an Azure ML command job on a GPU cluster")
     job.add_argument("--config", required=True)
@@ -87,6 +98,21 @@ def _metrics(args) -> int:
 
     history = fetch_metrics(args.job)
     print(f"{len(history.records)} records → {history.save(args.out)}")
+    return 0
+
+
+def _cleanup(args) -> int:
+    from ..azure.cleanup import cleanup_azure
+
+    report = cleanup_azure(confirm=args.confirm)
+    print(report)
+    return 1 if any(r.outcome.startswith("FAILED") for r in report.resources) else 0
+
+
+def _delete_group(args) -> int:
+    from ..azure.cleanup import delete_course_resource_group
+
+    print(delete_course_resource_group(confirm=args.confirm))
     return 0
 
 
