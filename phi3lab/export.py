@@ -340,13 +340,17 @@ def _reusable_manifest(folder: Path, fingerprint: str) -> dict | None:
 
 
 # ----- generating with an export -------------------------------------------------------------------
-def load_export(folder: str | os.PathLike | RunFolder | None = None, precision: str = "int4",
+def load_export(source: str | os.PathLike | RunFolder | None = None, precision: str = "int4",
                 use_adapter: bool = True, threads: int | None = None) -> OnnxChatModel:
-    """An export loaded for generating: a folder, or a run (by default the latest) whose ``precision`` CPU export
-    is used (built first when missing, e.g. ``load_export(precision="fp32")``)."""
-    if folder is None or isinstance(folder, RunFolder) or not Path(folder).is_dir():
-        folder = export_onnx(folder, precision=precision).folder
-    return OnnxChatModel(Path(folder), use_adapter=use_adapter, threads=threads)
+    """An export loaded for generating: an export folder, or a run (by default the latest) whose ``precision``
+    CPU export is used, built first when missing (``load_export(precision="fp32")``)."""
+    if not _is_export_folder(source):
+        source = export_onnx(source, precision=precision).folder
+    return OnnxChatModel(Path(source), use_adapter=use_adapter, threads=threads)
+
+
+def _is_export_folder(source) -> bool:
+    return isinstance(source, (str, os.PathLike)) and (Path(source) / "genai_config.json").is_file()
 
 
 class OnnxChatModel:
@@ -362,6 +366,9 @@ class OnnxChatModel:
         from transformers import AutoTokenizer
 
         self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise ExportError(f"there is no export at {self.folder}. Fix: export a run first "
+                              "(phi3lab export --format onnx) and pass the folder it prints.")
         missing = [name for name in ("genai_config.json", *TOKENIZER_FILES) if not (self.folder / name).is_file()]
         if missing:
             raise ExportError(f"{self.folder} is not a complete ONNX export: {', '.join(missing)} missing (the "

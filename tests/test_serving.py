@@ -101,7 +101,8 @@ def test_query_endpoint_reports_latency_tokens_and_logs(server, tmp_path):
     ({"messages": [{"role": "user"}]}, 400, "messages.0.content"),
     ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 400, "max_tokens"),
     ({"messages": [{"role": "user", "content": "hi"}], "temperature": 9}, 400, "temperature"),
-    ({"messages": [{"role": "user", "content": "hi"}], "stream": True}, 400, "stream"),
+    ({"messages": [{"role": "user", "content": "hi"}], "stream": True, "stream_options": {"include_usage": "often"}},
+     400, "stream_options.include_usage"),
     ({"messages": [{"role": "assistant", "content": "hi"}]}, 400, "last message must have role 'user'"),
     ({"messages": [{"role": "user", "content": "hi"}], "model": "gpt-4o"}, 404, "not served here"),
     ({"messages": [{"role": "user", "content": "word " * 9000}], "max_tokens": 8}, 400, "context"),
@@ -482,6 +483,9 @@ _BODY = st.one_of(_NEAR_VALID.map(json.dumps), _REQUEST.map(json.dumps), _JSON.m
 def test_property_never_a_5xx_and_never_a_plain_text_error(client, body):
     reply = client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
     assert reply.status_code < 500, reply.text
+    if reply.headers["content-type"].startswith("text/event-stream"):  # a valid request with "stream": true
+        assert reply.status_code == 200 and reply.text.endswith("data: [DONE]\n\n"), reply.text
+        return
     assert reply.headers["content-type"] == "application/json", reply.text
     data = reply.json()
     event(f"status {reply.status_code}")

@@ -18,6 +18,9 @@ def register(commands) -> None:
     source.add_argument("--adapter", default=None,
                         help="LoRA adapter folder (default: the latest finished run's adapter, if any)")
     source.add_argument("--base", action="store_true", help="serve the base model even if an adapter exists")
+    source.add_argument("--onnx", default=None, metavar="EXPORT",
+                        help="serve a folder written by `phi3lab export --format onnx` with ONNX Runtime GenAI "
+                             "(much faster on a CPU)")
     parser.add_argument("--merge", action="store_true", help="merge the adapter into the weights (faster answers)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for generation (default: half the cores)")
     parser.add_argument("--api-key", default=None,
@@ -36,10 +39,11 @@ def run(args) -> int:
 
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     check_exposure(args.host, api_key)  # before the banner and the model load
-    adapter = None if args.base else (args.adapter or default_adapter())
+    adapter = None if args.base or args.onnx else (args.adapter or default_adapter())
     port = args.port or free_port(args.host)
-    print(f"serving {'adapter ' + str(adapter) if adapter else 'the base model'} at http://{args.host}:{port}/v1 "
+    what = f"ONNX export {args.onnx}" if args.onnx else f"adapter {adapter}" if adapter else "the base model"
+    print(f"serving {what} at http://{args.host}:{port}/v1 "
           f"(health: /health{'; API key required' if api_key else ''}). Ctrl+C stops it.", flush=True)
     serve_forever(args.host, port, args.model, adapter, args.merge, parent_pid=args.parent_pid,
-                  log_level=args.log_level, threads=args.threads, api_key=api_key)
+                  log_level=args.log_level, threads=args.threads, api_key=api_key, onnx=args.onnx)
     return 0

@@ -11,6 +11,8 @@ threads at once). Requests wait in a queue; each time the worker is free it take
 the same sampling settings (up to 8, gathering for at most 20 ms) and generates them as one
 left-padded batch, so concurrent clients share forward passes instead of queueing one by one.
 Tokenising runs on one more thread, so a long prompt never holds the event loop (and ``/health``).
+``stream: true`` sends the reply as it is generated (``phi3lab.serving.streaming``); the ONNX Runtime
+GenAI backend (``phi3lab.serving.onnx_backend``) plugs in its own generator behind the same routes.
 
 Hostile input: ``RequestGuard`` refuses bodies over ``MAX_BODY_BYTES`` before they are read whole and
 checks the optional API key; the schema refuses text that is not valid Unicode and temperatures too
@@ -28,6 +30,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -36,6 +39,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from ..generation import stop_token_ids
 from ..secrets import mask_secrets
+from .streaming import TokenDispatcher, stream_response
 
 MAX_TOKENS_LIMIT = 1024
 # Starlette reads a whole body into memory before validating it: one 10 MB body once grew the server
@@ -69,6 +73,11 @@ class ChatMessage(BaseModel):
     content: UnicodeText
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False  # one more chunk before [DONE] with the token counts
+
+
 class ChatRequest(BaseModel):
     """The subset of OpenAI's chat-completions request the server honours; unknown fields are ignored."""
 
@@ -80,6 +89,7 @@ class ChatRequest(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=1, description="one choice per request")
     stream: bool = False
+    stream_options: StreamOptions | None = None
 
     @field_validator("temperature")
     @classmethod
@@ -95,13 +105,6 @@ class ChatRequest(BaseModel):
         if messages[-1].role != "user":
             raise ValueError("the last message must have role 'user' (the model answers the user)")
         return messages
-
-    @field_validator("stream")
-    @classmethod
-    def _no_stream(cls, stream: bool) -> bool:
-        if stream:
-            raise ValueError("streaming is not supported by the course server; send stream=false")
-        return stream
 
 
 def describe_request_errors(errors: list[dict]) -> tuple[str, str]:
@@ -212,6 +215,7 @@ class _Job:
     request: ChatRequest
     prompt_ids: list[int]
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    on_token: Callable[[int], None] | None = None  # streaming: called with each new token of the reply
 
     @property
     def sampling(self) -> tuple[float, float]:
@@ -259,8 +263,9 @@ class BatchingGenerator:
         """``encode`` on the tokenizer thread, so the event loop keeps answering other requests meanwhile."""
         return await asyncio.wrap_future(self._encoder.submit(self.encode, request))
 
-    def submit(self, request: ChatRequest, prompt_ids: list[int]) -> concurrent.futures.Future:
-        job = _Job(request, prompt_ids)
+    def submit(self, request: ChatRequest, prompt_ids: list[int],
+               on_token: Callable[[int], None] | None = None) -> concurrent.futures.Future:
+        job = _Job(request, prompt_ids, on_token=on_token)
         self._queue.put(job)
         return job.future
 
@@ -306,10 +311,12 @@ class BatchingGenerator:
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
             "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         device = next(self.model.parameters()).device
+        streamer = TokenDispatcher(batch, self.stop_ids) if any(j.on_token for j in batch) else None
         with torch.inference_mode():
             output = self.model.generate(
                 input_ids=input_ids.to(device), attention_mask=attention.to(device), pad_token_id=pad,
-                eos_token_id=self.stop_ids, max_new_tokens=max(j.request.max_tokens for j in batch), **sampling)
+                eos_token_id=self.stop_ids, max_new_tokens=max(j.request.max_tokens for j in batch),
+                streamer=streamer, **sampling)
         return [self._answer(job, output[row, width:].tolist()) for row, job in enumerate(batch)]
 
     def _answer(self, job: _Job, new_ids: list[int]) -> dict:
@@ -330,16 +337,18 @@ class BatchingGenerator:
 
 # ----- the ASGI app ---------------------------------------------------------------------------
 def build_app(model, tokenizer, served_name: str, info: dict | None = None, max_batch: int = 8,
-              api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES):
+              api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+              generator: BatchingGenerator | None = None):
     """A FastAPI app with ``POST /v1/chat/completions``, ``GET /v1/models`` and ``GET /health``.
 
-    With ``api_key``, every route but ``/health`` needs ``Authorization: Bearer <api_key>``.
+    With ``api_key``, every route but ``/health`` needs ``Authorization: Bearer <api_key>``. ``generator``
+    serves another backend (``onnx_backend.OnnxBatchingGenerator``); by default PyTorch generates with ``model``.
     """
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException
 
-    generator = BatchingGenerator(model, tokenizer, max_batch=max_batch)
+    generator = generator or BatchingGenerator(model, tokenizer, max_batch=max_batch)
     app = FastAPI(title="phi3lab local endpoint", version="1")
     app.add_middleware(RequestGuard, api_key=api_key, max_body_bytes=max_body_bytes)
     app.state.generator = generator
@@ -379,6 +388,8 @@ def build_app(model, tokenizer, served_name: str, info: dict | None = None, max_
             prompt_ids = await generator.encode_off_loop(body)
         except PromptError as exc:
             return error_response(400, str(exc), exc.param)
+        if body.stream:
+            return stream_response(generator, body, prompt_ids, served_name)
         try:
             result = await asyncio.wrap_future(generator.submit(body, prompt_ids))
         except Exception as exc:

@@ -68,8 +68,11 @@ def check_exposure(host: str, api_key: str | None) -> None:
 
 def serve_forever(host: str = "127.0.0.1", port: int = 8000, model_name: str | None = None,
                   adapter: str | os.PathLike | None = None, merge: bool = False, parent_pid: int | None = None,
-                  log_level: str = "warning", threads: int | None = None, api_key: str | None = None) -> None:
-    """Load the model and serve until Ctrl+C (or until ``parent_pid`` exits); see ``check_exposure``."""
+                  log_level: str = "warning", threads: int | None = None, api_key: str | None = None,
+                  onnx: str | os.PathLike | None = None) -> None:
+    """Load the model and serve until Ctrl+C (or until ``parent_pid`` exits); see ``check_exposure``.
+
+    ``onnx``: an export folder (``phi3lab export``), served with ONNX Runtime GenAI instead of PyTorch."""
     import torch
     import uvicorn
 
@@ -77,8 +80,14 @@ def serve_forever(host: str = "127.0.0.1", port: int = 8000, model_name: str | N
 
     check_exposure(host, api_key)
     torch.set_num_threads(threads or cpu_threads())
-    model, tokenizer, name, info = load_for_serving(model_name, adapter, merge)
-    app = build_app(model, tokenizer, name, info, api_key=api_key)
+    if onnx:
+        from .onnx_backend import OnnxBatchingGenerator, load_onnx_for_serving
+
+        model, name, info = load_onnx_for_serving(onnx, threads or cpu_threads())
+        app = build_app(model, model.tokenizer, name, info, api_key=api_key, generator=OnnxBatchingGenerator(model))
+    else:
+        model, tokenizer, name, info = load_for_serving(model_name, adapter, merge)
+        app = build_app(model, tokenizer, name, info, api_key=api_key)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port,
                                            log_level=log_level, timeout_graceful_shutdown=5,
                                            lifespan="off"))  # no startup/shutdown hooks; Ctrl+C stays quiet
@@ -157,19 +166,21 @@ class LocalServer:
     """The local endpoint in a child process: ``start()``, ``url``, ``health()``, ``stop()``; a context manager.
 
     ``adapter="auto"`` serves the latest finished training run's adapter (the base model when there
-    is none); ``adapter=None`` the base model; a folder that adapter. ``api_key``: clients must send it
+    is none); ``adapter=None`` the base model; a folder that adapter. ``onnx``: an export folder
+    (``phi3lab export``) served with ONNX Runtime GenAI instead. ``api_key``: clients must send it
     (``LocalEndpoint(url, api_key=...)``); required for a ``host`` beyond loopback.
     """
 
     def __init__(self, model_name: str | None = None, adapter: str | os.PathLike | None = "auto",
                  merge: bool = False, host: str = "127.0.0.1", port: int | None = None,
-                 startup_timeout: float = 180.0, api_key: str | None = None):
+                 startup_timeout: float = 180.0, api_key: str | None = None, onnx: str | os.PathLike | None = None):
         from .app import default_adapter
 
         check_exposure(host, api_key)
         self.api_key = api_key
         self.model_name = model_name
-        self.adapter = default_adapter() if adapter == "auto" else adapter
+        self.onnx = onnx
+        self.adapter = None if onnx else default_adapter() if adapter == "auto" else adapter
         self.merge, self.host, self.port = merge, host, port
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen | None = None
@@ -190,7 +201,9 @@ class LocalServer:
                    "--parent-pid", str(os.getpid())]
         if self.model_name:
             command += ["--model", self.model_name]
-        if self.adapter:
+        if self.onnx:
+            command += ["--onnx", str(self.onnx)]
+        elif self.adapter:
             command += ["--adapter", str(self.adapter)] + (["--merge"] if self.merge else [])
         else:
             command.append("--base")  # never let the child pick an adapter the caller did not ask for
@@ -276,14 +289,17 @@ class LocalServer:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"LocalServer({self.url}, {state}, adapter={self.adapter or 'none (base model)'})"
+        serving = f"onnx={self.onnx}" if self.onnx else f"adapter={self.adapter or 'none (base model)'}"
+        return f"LocalServer({self.url}, {state}, {serving})"
 
 
 def start_local_server(model_name: str | None = None, adapter: str | os.PathLike | None = "auto",
                        merge: bool = False, port: int | None = None, startup_timeout: float = 180.0,
-                       api_key: str | None = None) -> LocalServer:
-    """Start the local endpoint (the latest trained adapter when one exists) and wait until it is healthy."""
-    return LocalServer(model_name, adapter, merge, port=port, startup_timeout=startup_timeout, api_key=api_key).start()
+                       api_key: str | None = None, onnx: str | os.PathLike | None = None) -> LocalServer:
+    """Start the local endpoint (the latest trained adapter when one exists, or the ONNX export in ``onnx``)
+    and wait until it is healthy."""
+    return LocalServer(model_name, adapter, merge, port=port, startup_timeout=startup_timeout, api_key=api_key,
+                       onnx=onnx).start()
 
 
 @atexit.register
