@@ -1,8 +1,12 @@
-"""LoRA training throughput: our training path against a plain baseline, measured in the same run.
+"""LoRA training throughput: our training path against what learners would run instead, measured in the same run.
 
-Baseline: transformers' Trainer + peft, every conversation padded to the sequence length, default
-settings (default attention, no packing). Ours: ``phi3lab.training.trainer.build_trainer`` with the config's
-speed switches (padding-free batches; flash attention, Liger kernels, torch.compile where available).
+- ``trl``: TRL's ``SFTTrainer`` with TRL's default settings, as the Hugging Face course teaches it: the
+  conversations as a ``messages`` dataset (TRL applies the chat template and tokenizes), padding to the
+  longest in the batch, no packing, TRL's default gradient checkpointing and precision; same LoRA, same data.
+- ``baseline``: transformers' Trainer + peft, every conversation padded to the sequence length, default
+  settings (default attention, no packing): the strawman.
+- ``ours``: ``phi3lab.training.trainer.build_trainer`` with the config's speed switches (padding-free
+  batches; flash attention, Liger kernels, torch.compile where available).
 
 Each variant runs in its own child process so its peak memory is its own. Measured per variant:
 non-pad tokens/s, step time, peak memory, and MFU. Model FLOPs per token for LoRA are
@@ -29,10 +33,9 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 # Dense bf16 tensor-core peaks from the vendor data sheets (TFLOP/s), used when --peak-tflops is not given.
 SPEC_PEAKS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0}
-PHI3_MINI = dict(vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
-                 num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
-                 original_max_position_embeddings=4096, rms_norm_eps=1e-5, sliding_window=2047,
-                 tie_word_embeddings=False, bos_token_id=1, eos_token_id=32000, pad_token_id=32000)
+# Phi-3-mini's shape from the catalog, with the rest of its config.json
+PHI3_MINI_EXTRA = dict(max_position_embeddings=4096, original_max_position_embeddings=4096, rms_norm_eps=1e-5,
+                       sliding_window=2047, bos_token_id=1, eos_token_id=32000, pad_token_id=32000)
 
 
 def parse_args(argv=None):
@@ -45,7 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=10, help="timed optimiser steps per variant")
     p.add_argument("--warmup-steps", type=int, default=2, help="untimed steps first")
     p.add_argument("--lora-r", type=int, default=16)
-    p.add_argument("--variants", default="baseline,ours")
+    p.add_argument("--variants", default="ours,trl,baseline")
     p.add_argument("--attn", default="flash_attention_2", help="our path's attention (falls back when unavailable)")
     p.add_argument("--liger", action="store_true", help="our path with Liger kernels (CUDA + liger-kernel)")
     p.add_argument("--compile", action="store_true", help="our path with torch.compile (CUDA)")
@@ -86,14 +89,15 @@ def rows_for(args, tokenizer, vocab_size: int) -> list[dict]:
 def build_model(args, device: str, attn: str):
     import torch
 
-    from phi3lab.models import OFFLINE_MODEL, load_model, pick_dtype
+    from phi3lab.models import OFFLINE_MODEL, get_spec, load_model, pick_dtype
 
     dtype = pick_dtype(device)
     if not args.phi3_mini_shape:
         return load_model(OFFLINE_MODEL, device=device, dtype=dtype, attn_implementation=attn)
     from transformers import Phi3Config, Phi3ForCausalLM
 
-    config = Phi3Config(**PHI3_MINI, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    shape = get_spec("phi-3-mini-4k-instruct").architecture
+    config = Phi3Config(**shape, **PHI3_MINI_EXTRA, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
                         attn_implementation=attn)
     torch.manual_seed(0)
     with torch.device(device):
@@ -172,6 +176,9 @@ def run_variant(args, variant: str) -> dict:
     if variant == "ours":
         trainer = build_trainer(config, model, tokenizer, dataset, None, staging, speed, progress=False, meter=meter,
                                 bookkeeping=False)
+    elif variant == "trl":
+        trainer = trl_trainer(args, config, model, tokenizer, staging, meter)
+        speed = trl_settings(trainer.args)
     else:  # the plain baseline: Trainer defaults, every row padded to the sequence length
         trainer = metered_trainer_class()(
             model=model,
@@ -188,13 +195,47 @@ def run_variant(args, variant: str) -> dict:
     totals = meter.totals(skip=args.warmup_steps)
     memory, memory_kind = peak_memory()
     flops = 4 * n_matmul * totals["tokens"] + 6 * layers * hidden * totals["squared_lengths"]
-    return {"variant": variant, "speed": speed if variant == "ours" else "Trainer defaults, pad to max length",
+    return {"variant": variant, "speed": speed if variant != "baseline" else "Trainer defaults, pad to max length",
             "timed_steps": totals["steps"], "non_pad_tokens": totals["tokens"],
             "non_pad_tokens_per_second": totals["tokens_per_second"],
             "step_seconds": totals["seconds"] / max(totals["steps"], 1),
             "model_flops_per_second": flops / totals["seconds"] if totals["seconds"] else 0.0,
             "peak_memory_bytes": memory, "peak_memory_kind": memory_kind, "matmul_parameters": n_matmul,
             "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
+
+
+def trl_trainer(args, config, model, tokenizer, staging: Path, meter):
+    """TRL's SFTTrainer as a learner following the Hugging Face course runs it: TRL's defaults, only the batch size,
+    sequence length and step count set; the same conversations as a ``messages`` dataset (or, for synthetic data,
+    the same token rows), the same LoRA model."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from phi3lab.training.trainer import metered_trainer_class
+
+    needed = (args.steps + args.warmup_steps) * args.batch_size
+    if args.synthetic_long:
+        data = [{"input_ids": row["input_ids"]} for row in rows_for(args, tokenizer, model.config.vocab_size)]
+    else:
+        from phi3lab.data import read_conversations
+
+        conversations = [{"messages": c} for c in read_conversations(REPO / args.data)]
+        data = (conversations * (needed // len(conversations) + 1))[:needed]
+    import torch
+
+    # On a CPU, TRL's default bf16=True stops with "You need to assign use_cpu": a learner does what it says.
+    on_cpu = {} if torch.cuda.is_available() else {"use_cpu": True}
+    settings = SFTConfig(output_dir=str(staging), per_device_train_batch_size=args.batch_size, max_length=args.seq_len,
+                         max_steps=config.max_steps, report_to="none", save_strategy="no", logging_steps=10**5,
+                         disable_tqdm=True, **on_cpu)
+    return metered_trainer_class(SFTTrainer)(model=model, args=settings, train_dataset=Dataset.from_list(data),
+                                             processing_class=tokenizer, meter=meter)
+
+
+def trl_settings(settings) -> dict:
+    """What TRL's defaults resolved to on this machine (they decide its speed)."""
+    return {name: getattr(settings, name) for name in ("packing", "padding_free", "gradient_checkpointing", "bf16",
+                                                       "fp16", "use_cpu", "max_length", "learning_rate")}
 
 
 # ----- the parent: run all, compare, write ---------------------------------------------------------
@@ -240,13 +281,22 @@ def markdown(report: dict) -> str:
         spec = f"{r['mfu_spec']:.1%}" if r.get("mfu_spec") is not None else "–"
         lines.append(f"| {r['variant']} | {r['non_pad_tokens_per_second']:,.0f} | {r['step_seconds']:.3f} | "
                      f"{r['mfu_measured']:.1%} | {spec} | {r['peak_memory_bytes'] / 2**30:.2f} ({r['peak_memory_kind']}) |")
+    if report.get("speedup_over_trl") is not None:
+        lines += ["", f"Ours over TRL's SFTTrainer defaults in non-pad tokens/s: **{report['speedup_over_trl']:.2f}×**."]
     if report.get("speedup") is not None:
-        lines += ["", f"Speed-up of ours over the baseline in non-pad tokens/s: **{report['speedup']:.2f}×**."]
+        lines += ["", f"Speed-up of ours over the padded baseline in non-pad tokens/s: **{report['speedup']:.2f}×**."]
     peak = report["matmul_peak_flops"] / 1e12
     lines += ["", f"Measured matmul peak: {peak:.2f} TFLOP/s; spec peak: "
               f"{report['spec_peak_flops'] / 1e12:.1f} TFLOP/s." if report["spec_peak_flops"] else
               f"Measured matmul peak: {peak:.3f} TFLOP/s; no spec peak given (--peak-tflops)."]
     return "\n".join(lines) + "\n"
+
+
+def ratio(by_name: dict, faster: str, slower: str) -> float | None:
+    """Non-pad tokens/s of ``faster`` over ``slower`` when both ran."""
+    if not {faster, slower} <= set(by_name):
+        return None
+    return by_name[faster]["non_pad_tokens_per_second"] / by_name[slower]["non_pad_tokens_per_second"]
 
 
 def main(argv=None) -> int:
@@ -268,8 +318,7 @@ def main(argv=None) -> int:
         print(f"{variant}: {result['non_pad_tokens_per_second']:,.1f} non-pad tokens/s, "
               f"{result['step_seconds']:.3f} s/step, peak {result['peak_memory_bytes'] / 2**30:.2f} GiB", flush=True)
     by_name = {v["variant"]: v for v in variants}
-    speedup = (by_name["ours"]["non_pad_tokens_per_second"] / by_name["baseline"]["non_pad_tokens_per_second"]
-               if {"ours", "baseline"} <= set(by_name) else None)
+    speedup = ratio(by_name, "ours", "baseline")
     model = "Phi-3-mini shape (random weights)" if args.phi3_mini_shape else "phi3-tiny-offline stand-in"
     data = f"synthetic long sequences ({args.seq_len // 4}-{args.seq_len} tokens)" if args.synthetic_long else args.data
     report = {
@@ -278,6 +327,7 @@ def main(argv=None) -> int:
         "command": "python benchmarks/train_throughput.py " + " ".join(argv),
         "device": device_name, "dtype": variants[0]["dtype"], "versions": versions(),
         "matmul_peak_flops": peak, "spec_peak_flops": spec, "variants": variants, "speedup": speedup,
+        "speedup_over_trl": ratio(by_name, "ours", "trl"),
         "flops_per_token": "4 x matmul parameters + 6 x layers x hidden x conversation length (causal attention)",
     }
     stem = args.name or "-".join(["train_throughput", device, "phi3mini" if args.phi3_mini_shape else "standin",

@@ -161,10 +161,11 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def metered_trainer_class():
+def metered_trainer_class(base=None):
+    """``base`` (default: transformers' Trainer; the benchmark passes TRL's SFTTrainer) that also counts tokens."""
     from transformers import Trainer, TrainerCallback
 
-    class MeteredTrainer(Trainer):
+    class MeteredTrainer(base or Trainer):
         """transformers' Trainer that also counts the tokens it trains on (measurement only)."""
 
         def __init__(self, *args, meter: ThroughputMeter | None = None, **kwargs):
