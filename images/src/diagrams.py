@@ -160,14 +160,14 @@ def portal_finetuning_wizard():
     fig, ax = canvas(16, 6.8, "Fine-tuning in the Azure AI Foundry portal, step by step (and the same step in code)")
     steps = [
         ("1  Open the project", "ai.azure.com: your\nhub-based project", PURPLE, "settings: project (notebook 00)"),
-        ("2  Model catalog", "pick a model that\noffers Fine-tune", BLUE, "CATALOG, azure_model_name()"),
-        ("3  Basics", "task type: Chat completion;\nmodel name suffix", ORANGE, "task fixed: chat completion"),
-        ("4  Training data", "upload the chat JSONL\n(notebook 01)", ORANGE, "TrainConfig.train_file"),
-        ("5  Validation data", "a file, or an\nautomatic split", ORANGE, "validation_file (None: split)"),
-        ("6  Task parameters", "batch size and learning\nrate multipliers, epochs", ORANGE,
+        ("2  Model catalog", "search, open a model,\npress Fine-tune", BLUE, "CATALOG, azure_model_name()"),
+        ("3  Model name", "name the fine-tuned\nmodel; Next", ORANGE, "registered model name (derived)"),
+        ("4  Task and data", "task type: Chat completion;\ntraining data; Next", ORANGE, "TrainConfig.train_file"),
+        ("5  Validation data", "a file, or automatic\nsplit; Next", ORANGE, "validation_file (None: split)"),
+        ("6  Parameters", "batch size multiplier,\nlearning rate, epochs", ORANGE,
          "batch_size, learning_rate,\nepochs (absolute values)"),
-        ("7  Review, Submit", "the job is created\nand billed by tokens", RED, "submit_finetuning(confirm=True)"),
-        ("8  Fine-tuning tab", "Queued, Running,\nCompleted; Refresh", GREEN, "monitor_job / watch()"),
+        ("7  Submit", "the job starts, billed\nby training tokens", RED, "submit_finetuning(confirm=True)"),
+        ("8  Status: Completed", "Queued, Running,\nCompleted; then deploy", GREEN, "monitor_job / watch()"),
     ]
     w, h = 3.2, 1.45
     for i, (title, body, colour, code) in enumerate(steps):
@@ -178,7 +178,7 @@ def portal_finetuning_wizard():
         if i % 4 != 3:
             arrow(ax, (x + w / 2 + 0.05, y), (x + 4.0 - w / 2 - 0.05, y))
     arrow(ax, (14.0, 5.0 - h / 2 - 0.75), (2.0, 2.1 + h / 2 + 0.05))
-    note(ax, 15.75, 0.2, "The wizard takes multipliers of the service's default batch size and learning rate; "
+    note(ax, 15.75, 0.2, "The wizard asks for multipliers of the service's defaults (batch size, learning rate); "
          "the SDK and the course's config take absolute values.", ha="right", size=10, colour=RED)
     return fig
 
