@@ -164,7 +164,7 @@ def portal_finetuning_wizard():
         ("3  Model name", "name the fine-tuned\nmodel; Next", ORANGE, "registered model name (derived)"),
         ("4  Task and data", "task type: Chat completion;\ntraining data; Next", ORANGE, "TrainConfig.train_file"),
         ("5  Validation data", "a file, or automatic\nsplit; Next", ORANGE, "validation_file (None: split)"),
-        ("6  Parameters", "batch size multiplier,\nlearning rate, epochs", ORANGE,
+        ("6  Parameters", "batch size, learning-rate\nmultiplier, epochs", ORANGE,
          "batch_size, learning_rate,\nepochs (absolute values)"),
         ("7  Submit", "the job starts, billed\nby training tokens", RED, "submit_finetuning(confirm=True)"),
         ("8  Status: Completed", "Queued, Running,\nCompleted; then deploy", GREEN, "monitor_job / watch()"),
@@ -178,8 +178,8 @@ def portal_finetuning_wizard():
         if i % 4 != 3:
             arrow(ax, (x + w / 2 + 0.05, y), (x + 4.0 - w / 2 - 0.05, y))
     arrow(ax, (14.0, 5.0 - h / 2 - 0.75), (2.0, 2.1 + h / 2 + 0.05))
-    note(ax, 15.75, 0.2, "The wizard asks for multipliers of the service's defaults (batch size, learning rate); "
-         "the SDK and the course's config take absolute values.", ha="right", size=10, colour=RED)
+    note(ax, 15.75, 0.2, "The wizard asks for a learning-rate multiplier (of the pretraining rate); the SDK and "
+         "the course's config send the absolute learning rate.", ha="right", size=10, colour=RED)
     return fig
 
 
