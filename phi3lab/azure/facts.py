@@ -129,7 +129,8 @@ FACTS = {
         "A fine-tuned model can't be deleted while it has a deployment: delete the deployment first",
         FINE_TUNE_SERVERLESS_PAGE, source_date="2026-01-28"),
     "content_filter": Fact(
-        "Serverless deployments of language models get Azure AI Content Safety filters by default; content "
+        "Serverless deployments of language models get Azure AI Content Safety text filters for harmful content "
+        "(hate, self-harm, sexual, violence) by default; content "
         "filtering can be disabled per serverless endpoint when the model is first deployed or later on the "
         "deployment's details page, and may be billed separately under Azure AI Content Safety pricing "
         f"({CONTENT_SAFETY_PRICING})",
