@@ -212,12 +212,17 @@ class GenerationMetrics:
     replies: list[str]
     references: list[str]
     seconds: float
+    backend: str = "PyTorch"  # what generated the replies
 
 
 def generation_metrics(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int | None = None,
-                       batch_size: int = 8) -> GenerationMetrics:
-    """Generate a reply to each conversation's last prompt (greedy, batched with left padding) and
-    score it against the conversation's final assistant message."""
+                       batch_size: int = 8, backend=None) -> GenerationMetrics:
+    """Generate a reply to each conversation's last prompt (greedy, batched) and score it against the
+    conversation's final assistant message.
+
+    ``backend``: an ONNX export loaded with ``phi3lab.export.load_export`` generates the replies instead of
+    ``model`` (which may then be None): ONNX Runtime GenAI, several times faster on a CPU; fp32 exports
+    answer token for token like PyTorch (``benchmarks/export_fidelity.py``)."""
     from .generation import generate, prompt_messages
 
     if not conversations:
@@ -226,11 +231,15 @@ def generation_metrics(model, tokenizer, conversations: list[list[dict]], max_ne
     prompts = [prompt_messages(c) for c in conversations]
     max_new_tokens = max_new_tokens or (CI_NEW_TOKENS if is_ci_profile() else 96)
     started = time.perf_counter()
-    replies = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    if backend is None:
+        replies = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    else:
+        replies = backend.generate(prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     n = len(replies)
     return GenerationMetrics(token_f1=sum(map(token_f1, replies, references)) / n,
                              rouge_l=sum(map(rouge_l, replies, references)) / n,
-                             replies=replies, references=references, seconds=time.perf_counter() - started)
+                             replies=replies, references=references, seconds=time.perf_counter() - started,
+                             backend=backend.backend if backend is not None else "PyTorch")
 
 
 # ----- one model, and base versus fine-tuned ------------------------------------------------------

@@ -396,6 +396,21 @@ class OnnxChatModel:
     def name(self) -> str:
         return f"{self.manifest.get('run', self.folder.parent.parent.name)}-{self.folder.name}"
 
+    @property
+    def backend(self) -> str:
+        """What generates, as evaluation reports it: ``ONNX Runtime GenAI int4 (cpu)``."""
+        return f"ONNX Runtime GenAI {self.manifest.get('precision', '?')} ({self.manifest.get('device', 'cpu')})"
+
+    def _generator(self, **search):
+        import onnxruntime_genai as og
+
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(**search)
+        generator = og.Generator(self.model, params)
+        if self.adapters is not None:
+            generator.set_active_adapter(self.adapters, ADAPTER_NAME_IN_RUNTIME)
+        return generator
+
     def encode(self, messages: list[dict]) -> list[int]:
         from .generation import prompt_messages
 
@@ -407,19 +422,14 @@ class OnnxChatModel:
         """The new token ids for each prompt, generated as one batch; each ends at its first stop id (kept)
         or its own limit. ``on_token(row, token)`` is called for each kept token as it is generated."""
         import numpy as np
-        import onnxruntime_genai as og
 
         limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
         width = max(map(len, prompts))
-        params = og.GeneratorParams(self.model)
         # The full vocabulary for top_k: OpenAI's API has no top-k, and the builder's default is 50.
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": len(self.tokenizer)} \
             if temperature > 0 else {"do_sample": False}
-        params.set_search_options(batch_size=len(prompts), max_length=min(width + max(limits), self.context_length),
-                                  **sampling)
-        generator = og.Generator(self.model, params)
-        if self.adapters is not None:
-            generator.set_active_adapter(self.adapters, ADAPTER_NAME_IN_RUNTIME)
+        generator = self._generator(batch_size=len(prompts), max_length=min(width + max(limits), self.context_length),
+                                    **sampling)
         # ONNX Runtime GenAI takes a batch right-padded with the pad id (its own attention mask skips those).
         generator.append_tokens(np.array([p + [self.pad_id] * (width - len(p)) for p in prompts], dtype=np.int32))
         replies: list[list[int]] = [[] for _ in prompts]
@@ -435,6 +445,17 @@ class OnnxChatModel:
                 if token in self.stop_ids or len(replies[row]) >= limits[row]:
                     open_rows.discard(row)
         return replies
+
+    def next_token_logits(self, ids: list[int], positions: list[int]):
+        """Teacher forcing: for each position ``t`` (ascending, from 1), the logits predicting ``ids[t]`` from
+        ``ids[:t]``, in one pass over ``ids`` (for perplexity on reference replies)."""
+        import numpy as np
+
+        generator, fed = self._generator(max_length=len(ids)), 0
+        for position in positions:
+            generator.append_tokens(np.array(ids[fed:position], dtype=np.int32))
+            fed = position
+            yield generator.get_logits()[0, -1]
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode([t for t in ids if t not in self.stop_ids], skip_special_tokens=True).strip()

@@ -181,3 +181,28 @@ def test_an_export_without_its_tokenizer(fp32_export, tmp_path):
     (broken / "tokenizer.json").unlink()
     with pytest.raises(ExportError, match="not a complete ONNX export: tokenizer.json missing"):
         load_export(broken)
+
+
+def test_fidelity_report_puts_the_export_beside_pytorch(fp32_export, run):
+    from phi3lab.fidelity import measure_fidelity
+
+    conversations = [[*c, {"role": "assistant", "content": "Restart the console, then pair again."}]
+                     for c in CONVERSATIONS]
+    report = measure_fidelity("tiny", conversations, precisions=("fp32",), prefix_tokens=8, max_new_tokens=8)
+    pytorch, fp32 = report.rows()
+    assert pytorch["backend"] == "PyTorch (cpu)" and fp32["backend"] == "ONNX Runtime GenAI fp32 (cpu)"
+    assert fp32["first 8 tokens = PyTorch's"] == 1.0 and report.to_dict()["mismatched_prompts"] == {fp32["backend"]: []}
+    assert fp32["perplexity"] == pytest.approx(pytorch["perplexity"], rel=1e-4)  # teacher forcing agrees too
+    assert report.exports[0].language.tokens == report.pytorch.language.tokens
+    assert "ONNX Runtime GenAI fp32 (cpu)" in report.table()
+
+
+def test_evaluation_generates_with_an_export(fp32_export, pytorch_model):
+    from phi3lab.evaluation import generation_metrics
+
+    conversations = [[*c, {"role": "assistant", "content": "Restart the console."}] for c in CONVERSATIONS]
+    model, tokenizer = pytorch_model
+    torch_metrics = generation_metrics(model, tokenizer, conversations, max_new_tokens=8)
+    onnx_metrics = generation_metrics(None, None, conversations, max_new_tokens=8, backend=load_export(fp32_export.folder))
+    assert (torch_metrics.backend, onnx_metrics.backend) == ("PyTorch", "ONNX Runtime GenAI fp32 (cpu)")
+    assert onnx_metrics.replies == torch_metrics.replies and onnx_metrics.token_f1 == torch_metrics.token_f1
