@@ -417,48 +417,74 @@ def _perplexity(answer, metrics) -> Feedback:
 
 
 # ----- 05: deployment and clean-up ------------------------------------------------------------------
-def _client_call(system_prompt: str | None = None, **_) -> dict:
-    messages = [{"role": "user", "content": "How do I turn on my Xbox controller?"}]
-    if system_prompt:
-        messages.insert(0, {"role": "system", "content": system_prompt})
-    return {"model": "phi3lab", "messages": messages, "max_tokens": 60, "temperature": 0}
+QUESTION = "How do I turn on my Xbox controller?"
 
 
-@exercise("client_call", "05", "write the keyword arguments of client.chat.completions.create(...) as a dict: "
-          "'model', 'messages' (the system prompt, then a user question) and 'max_tokens'", _client_call)
-def _check_client_call(answer, system_prompt: str | None = None, endpoint=None) -> Feedback:
+def _client_call(system_prompt: str | None = None, **_):
+    def ask(client, question):
+        messages = [{"role": "user", "content": question}]
+        if system_prompt:
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        return client.chat.completions.create(model="phi3lab", messages=messages, max_tokens=60)
+    return ask
+
+
+class _RecordingClient:
+    """Looks like an ``openai`` client to the learner's function; records what ``chat.completions.create`` gets."""
+
+    def __init__(self):
+        self.calls: list[dict] = []
+        self.chat = self
+        self.completions = self
+
+    def create(self, **kwargs):
+        self.calls.append(kwargs)
+
+
+@exercise("client_call", "05", "write ask(client, question): one call of client.chat.completions.create(...) with "
+          "model, messages (the system prompt, then the question as the user's message) and max_tokens, returning "
+          "its result", _client_call)
+def _check_client_call(answer, system_prompt: str | None = None, client=None) -> Feedback:
     from pydantic import ValidationError
 
     from .serving.app import ChatRequest
 
-    if not isinstance(answer, dict):
-        return Feedback(False, "answer with a dict: {'model': ..., 'messages': [...], 'max_tokens': ...}")
-    missing = [k for k in ("model", "messages", "max_tokens") if k not in answer]
-    if missing:
-        return Feedback(False, f"add {missing[0]!r}: the OpenAI SDK's create() needs model and messages, and "
-                               f"max_tokens bounds the cost of a reply")
+    if not callable(answer):
+        return Feedback(False, "answer with a function: def ask(client, question): return "
+                               "client.chat.completions.create(...)")
+    recorder = _RecordingClient()
     try:
-        request = ChatRequest.model_validate(answer)
+        answer(recorder, QUESTION)
+    except Exception as exc:  # the learner's function failed: say how, as a hint
+        return Feedback(False, f"ask(client, question) raised {type(exc).__name__}: {exc}")
+    if len(recorder.calls) != 1:
+        return Feedback(False, f"ask should call client.chat.completions.create once; it called it "
+                               f"{_times(len(recorder.calls))}")
+    request = recorder.calls[0]
+    missing = [k for k in ("model", "messages", "max_tokens") if k not in request]
+    if missing:
+        return Feedback(False, f"pass {missing[0]}=...: the SDK needs model and messages, and max_tokens bounds "
+                               f"the cost of a reply")
+    try:
+        parsed = ChatRequest.model_validate(request)
     except ValidationError as exc:
         first = exc.errors()[0]
         return Feedback(False, f"{'.'.join(map(str, first['loc']))}: {first['msg']}")
-    if request.messages[-1].role != "user":
-        return Feedback(False, "end the messages with the user's question: the endpoint writes the next turn")
-    if system_prompt and request.messages[0].content != system_prompt:
+    if parsed.messages[-1].role != "user" or parsed.messages[-1].content != QUESTION:
+        return Feedback(False, "end the messages with the question, as the user's message: "
+                               "{'role': 'user', 'content': question}")
+    if system_prompt and parsed.messages[0].content != system_prompt:
         return Feedback(False, "start with the system prompt the model was trained with (SYSTEM_PROMPT)")
-    if endpoint is None:
+    if client is None:
         return Feedback(True, "a request the endpoint accepts.")
-    with endpoint.client() as client:
-        result = endpoint.send(client, answer["messages"], answer["max_tokens"], answer.get("temperature", 0))
-    if not result.ok:
-        return Feedback(False, f"the endpoint answered {result.status}: {result.error}")
-    return Feedback(True, f"the endpoint answered in {result.latency_s:.1f} s: {result.response!r}")
+    reply = answer(client, QUESTION).choices[0].message.content
+    return Feedback(True, f"the endpoint answered {QUESTION!r} with: {reply!r}")
 
 
 CLEANUP_STEPS = {"job": "cancel a fine-tuning job that is still running",
                  "endpoint": "delete the serverless endpoint",
-                 "model": "archive the fine-tuned model",
-                 "data": "archive the uploaded data assets"}
+                 "model": "delete the fine-tuned model",
+                 "data": "delete the uploaded data assets"}
 
 
 @exercise("cleanup_order", "05", f"put the four steps in an order Azure accepts, as a list of their keys: "

@@ -15,7 +15,6 @@ from evaluation_fixtures import make_tiny_phi3
 from phi3lab import exercises
 from phi3lab.azure.dryrun import RecordedRequest
 from phi3lab.config import TrainConfig
-from phi3lab.endpoints import CallResult
 from phi3lab.errors import Phi3LabError
 from phi3lab.evaluation import LanguageMetrics
 
@@ -27,20 +26,16 @@ CONFUSION = [[8, 3, 0, 0],  # network_wifi mixed up with subscriptions 3 + 1 tim
              [0, 0, 0, 12]]
 
 
-class FakeEndpoint:
-    """The endpoint interface the client-call check uses (client(), send()), answering like the local server."""
+class FakeClient:
+    """The part of an ``openai`` client the exercise uses, answering like the local server."""
 
     def __init__(self):
         self.sent = []
+        self.chat = self.completions = self
 
-    def client(self):
-        from contextlib import nullcontext
-
-        return nullcontext(None)
-
-    def send(self, client, messages, max_tokens, temperature):
-        self.sent.append({"messages": messages, "max_tokens": max_tokens, "temperature": temperature})
-        return CallResult(messages[-1]["content"], "Hold the Xbox button.", 0.2, 200, 20, 5)
+    def create(self, **kwargs):
+        self.sent.append(kwargs)
+        return SimpleNamespace(choices=[SimpleNamespace(message=SimpleNamespace(content="Hold the Xbox button."))])
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +79,8 @@ WRONG = {
     "confused_intents": ("network_wifi", "off_topic_opinion"),
     "loss_patterns": {"A": "healthy", "B": "unstable", "C": "overfitting"},
     "perplexity_from_loss": 2.0,
-    "client_call": {"model": "phi3lab", "messages": [{"role": "robot", "content": "hi"}], "max_tokens": 60},
+    "client_call": lambda client, question: client.chat.completions.create(
+        model="phi3lab", messages=[{"role": "robot", "content": question}], max_tokens=60),
     "cleanup_order": ["job", "model", "endpoint", "data"],
 }
 BLANKS = [..., None, "", [], {}, {"A": ..., "B": ...}]
@@ -139,6 +135,7 @@ def test_hints_name_what_is_wrong(contexts):
     assert "mixed up 0 times; the most confused pair, network_wifi and subscriptions, 4 times" in exercises.grade(
         "confused_intents", WRONG["confused_intents"], **contexts["confused_intents"]).message
     assert "messages.0.role" in exercises.grade("client_call", WRONG["client_call"]).message
+    assert "raised ZeroDivisionError" in exercises.grade("client_call", lambda client, question: 1 / 0).message
     assert "fill in 'C' too" in exercises.grade("loss_patterns", {"A": "healthy", "B": "overfitting", "C": ...}).message
 
 
@@ -157,16 +154,25 @@ def test_the_lora_count_is_read_from_the_model(peft_model, contexts):
     assert "the frozen weight W itself" in exercises.grade("lora_parameters", frozen, model=peft_model).message
 
 
-def test_the_client_call_is_sent_to_the_endpoint_when_given():
-    endpoint = FakeEndpoint()
-    answer = exercises.solution("client_call", system_prompt=SYSTEM_PROMPT)
-    feedback = exercises.grade("client_call", answer, system_prompt=SYSTEM_PROMPT, endpoint=endpoint)
+def test_the_client_call_is_checked_then_sent_with_the_real_client():
+    client = FakeClient()
+    ask = exercises.solution("client_call", system_prompt=SYSTEM_PROMPT)
+    feedback = exercises.grade("client_call", ask, system_prompt=SYSTEM_PROMPT, client=client)
     assert feedback.passed and "Hold the Xbox button." in feedback.message
-    assert endpoint.sent == [{"messages": answer["messages"], "max_tokens": 60, "temperature": 0}]
-    no_system = {**answer, "messages": answer["messages"][1:]}
+    assert client.sent == [{"model": "phi3lab", "max_tokens": 60, "messages": [
+        {"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": exercises.QUESTION}]}]
+
+    def no_system(client, question):
+        return client.chat.completions.create(model="m", messages=[{"role": "user", "content": question}],
+                                              max_tokens=20)
+
+    def fixed_question(client, question):
+        return client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=20)
+
     assert "start with the system prompt" in exercises.grade("client_call", no_system, system_prompt=SYSTEM_PROMPT,
-                                                             endpoint=endpoint).message
-    assert len(endpoint.sent) == 1, "a request that fails the check is not sent"
+                                                             client=client).message
+    assert "end the messages with the question" in exercises.grade("client_call", fixed_question).message
+    assert len(client.sent) == 1, "a request that fails the check is not sent"
 
 
 def test_an_unknown_exercise_is_one_clear_error():
