@@ -7,6 +7,7 @@ from azure_fakes import PRINCIPAL, SETTINGS, SUBSCRIPTION, FakeAzure, error
 
 from phi3lab.azure.catalog import parse_regions
 from phi3lab.azure.facts import LIFECYCLE_PAGE
+from phi3lab.azure.finetuning import NO_GIT_METADATA
 from phi3lab.azure.prerequisites import NO_SETTINGS, register_provider, run_checks
 from phi3lab.azure.roles import AZURE_AI_DEVELOPER, CONTRIBUTOR, FOUNDRY_USER, OWNER
 from phi3lab.azure.scaleout import accelerate_command, environment_spec, submit_training_job
@@ -184,6 +185,7 @@ def test_training_job_dry_run_and_confirmed_put(tmp_path):
     assert props["computeId"].endswith("/computes/gpu-a100")
     assert "accelerate launch --num_processes 2" in props["command"] and "${{inputs.config}}" in props["command"]
     assert props["environmentVariables"] == {"PHI3LAB_RUNS": "outputs"}  # Azure ML keeps what lands in outputs/
+    assert props["properties"] == NO_GIT_METADATA  # no git remote, branch or commit of the learner's clone
     assert TrainConfig.load(tmp_path / "job.yaml") == config
     assert SUBSCRIPTION not in dry.summary()
 

@@ -19,6 +19,7 @@ from ..errors import Phi3LabError
 from ..paths import REPO_ROOT
 from ..runs import RUNS_ENV, azure_job_config_file
 from .dryrun import RecordedRequest, accepting, dry_run, show_requests
+from .finetuning import NO_GIT_METADATA
 from .guard import confirmed
 from .service import azure_errors
 from .settings import AzureSettings, load_settings
@@ -88,6 +89,7 @@ def build_command_job(config_path: str | Path, compute: str, gpus_per_node: int 
         experiment_name="phi3lab-train",
         display_name="phi3lab train (scale-out)",
         tags={"course": "phi3lab"},
+        properties=dict(NO_GIT_METADATA),  # keeps azure-ai-ml from adding the local git remote, branch and commit
     )
 
 
