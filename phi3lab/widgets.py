@@ -18,11 +18,11 @@ from .config import PRESETS, TrainConfig, field_range
 from .errors import ConfigError, Phi3LabError
 
 DEFAULT_FIELDS = ("model", "learning_rate", "epochs", "batch_size", "grad_accum", "lora_r", "lora_alpha",
-                  "lora_dropout", "target_modules", "max_seq_length")
+                  "lora_dropout", "target_modules", "max_seq_length", "gradient_checkpointing", "quantization")
 LABELS = {"model": "model", "learning_rate": "learning rate", "epochs": "epochs", "batch_size": "batch size",
           "grad_accum": "grad accumulation", "lora_r": "LoRA r", "lora_alpha": "LoRA alpha",
           "lora_dropout": "LoRA dropout", "target_modules": "target modules", "max_seq_length": "max seq length",
-          "max_steps": "max steps"}
+          "max_steps": "max steps", "gradient_checkpointing": "checkpointing", "quantization": "base weights"}
 _STYLE = {"description_width": "150px"}
 _LAYOUT = {"width": "520px"}
 
@@ -36,6 +36,9 @@ def _control(name: str, config: TrainConfig, layer_names: list[str]) -> w.Widget
     low, high = field_range(name) if name in TrainConfig.model_fields and name != "target_modules" else (None, None)
     if name == "model":
         return w.Dropdown(options=list(CATALOG), value=value, **common)
+    if name == "quantization":  # 4-bit/8-bit need a CUDA GPU; elsewhere training notes it and loads unquantized
+        return w.Dropdown(options=[("unquantized", "none"), ("8-bit", "8bit"), ("4-bit NF4 (QLoRA)", "4bit")],
+                          value=value, **common)
     if name == "target_modules":
         options = sorted(set(layer_names) | set(value))
         return w.SelectMultiple(options=options, value=tuple(value), rows=min(len(options), 6), **common)
@@ -166,6 +169,8 @@ class HyperparameterPanel:
         def show(value, fmt="{:,}"):
             return "–" if value is None else fmt.format(value)
 
+        memory = self.memory_plan()
+        colour = "#009E73" if memory.fits else "#D55E00"
         estimate = ("press <i>measure a warm-up step</i>" if d["estimated_seconds"] is None
                     else f"{d['estimated_seconds'] / 60:.1f} min ({d['seconds_per_step']:.2f} s/step measured)")
         self.derived.value = (
@@ -173,7 +178,14 @@ class HyperparameterPanel:
             f"trainable parameters: <b>{show(d['trainable_parameters'])}</b> · "
             f"effective batch: <b>{d['effective_batch_size']}</b> · "
             f"steps per epoch: <b>{show(d['steps_per_epoch'])}</b> · total steps: <b>{show(d['total_steps'])}</b>"
-            f"<br>estimated time on this device: <b>{estimate}</b></div>")
+            f"<br>estimated time on this device: <b>{estimate}</b>"
+            f"<br>memory: <b style='color:{colour}'>{html.escape(memory.describe())}</b></div>")
+
+    def memory_plan(self):
+        """The memory planner's verdict for the current config on this machine (``phi3lab.training.memory``)."""
+        from .training.memory import plan_memory
+
+        return plan_memory(self._config)
 
     def measure_warmup(self) -> float | None:
         """Time one real optimiser step of this config on this device (after one untimed step); a config that

@@ -111,3 +111,20 @@ def test_a_config_that_cannot_train_shows_why_instead_of_a_time(panel):
     panel.controls["max_seq_length"].value = 32  # shorter than the system prompt: nothing left to train
     assert panel.measure_warmup() is None
     assert "max_seq_length" in panel.message.value and panel.derived_numbers()["estimated_seconds"] is None
+
+
+def test_the_panel_shows_whether_the_config_fits_and_what_makes_it_fit(monkeypatch):
+    from phi3lab import devices
+    from phi3lab.training import memory
+
+    t4 = memory.KNOWN_GPUS["Tesla T4"].device()
+    monkeypatch.setattr(memory, "detect_device", lambda: t4)
+    monkeypatch.setattr(devices, "bitsandbytes_available", lambda: True)
+    panel = HyperparameterPanel(TrainConfig(model=OFFLINE_MODEL))
+    assert "fits on this GPU, Tesla T4" in panel.derived.value
+    panel.controls["model"].value = "phi-3-mini-4k-instruct"  # 28.5 GB for 4 x 512 tokens without checkpointing
+    assert "does not fit on this GPU" in panel.derived.value and "gradient_checkpointing=True" in panel.derived.value
+    panel.controls["gradient_checkpointing"].value = True
+    assert panel.memory_plan().fits and "does not fit" not in panel.derived.value
+    panel.controls["quantization"].value = "4bit"
+    assert panel.config.quantization == "4bit" and panel.memory_plan().parts["base weights"] < 3e9

@@ -49,16 +49,17 @@ def plan_run(config: TrainConfig, shape_model=None, seconds_per_step: float | No
 
 # ----- shapes ------------------------------------------------------------------------------------
 def weightless_model(name: str):
-    """The model's architecture on the meta device (no weights, no memory); None if its config is unreachable."""
+    """The model's architecture on the meta device (no weights, no memory): from its config file, or offline from
+    the catalog's architecture (same layers and sizes; enough for layer names and parameter counts)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, Phi3Config
 
-    from ..models import model_source
+    from ..models import get_spec, model_source
 
     try:
         config = AutoConfig.from_pretrained(model_source(name))
-    except Exception:  # offline without a cached hub config: the plan has no shape numbers
-        return None
+    except Exception:  # offline without a cached hub config
+        config = Phi3Config(**get_spec(name).architecture)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
 
