@@ -29,4 +29,3 @@ PROJECT_ROLES = (AZURE_AI_DEVELOPER, OWNER, CONTRIBUTOR)
 SUBSCRIPTION_ROLES = (OWNER, CONTRIBUTOR)
 # Foundry-project roles: recognised so the check can say they do not cover a hub-based project.
 FOUNDRY_ROLES = (FOUNDRY_USER, FOUNDRY_PROJECT_MANAGER, FOUNDRY_ACCOUNT_OWNER, FOUNDRY_OWNER)
-FINETUNING_ROLES = PROJECT_ROLES  # the name older callers use
