@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from phi3lab.endpoints import (
+    NO_KEY,
     AzureEndpoint,
     EndpointError,
     LocalEndpoint,
@@ -52,3 +53,14 @@ def test_the_key_never_shows_in_repr():
 def test_an_empty_report_has_no_percentiles():
     report = QueryReport("local", [])
     assert report.p50 is None and report.summary()["requests"] == 0
+
+
+def test_both_endpoints_use_the_openai_client_on_the_v1_route():
+    with LocalEndpoint("http://127.0.0.1:8123/", api_key="k-local").client() as client:
+        assert str(client.base_url) == "http://127.0.0.1:8123/v1/" and client.api_key == "k-local"
+        assert client.max_retries == 0  # a load test must see every refusal of the local server
+    with LocalEndpoint("http://127.0.0.1:8123").client() as client:
+        assert client.api_key == NO_KEY  # the openai client needs one; a server without a key ignores it
+    with AzureEndpoint("https://e.eastus2.models.ai.azure.com", "secret-key-value-123").client(4) as client:
+        assert str(client.base_url) == "https://e.eastus2.models.ai.azure.com/v1/"
+        assert client.max_retries == 2  # honours Retry-After on the endpoint's rate limit
