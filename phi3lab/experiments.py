@@ -172,6 +172,10 @@ class Experiment:
     def diagnoses(self) -> dict[str, Diagnosis]:
         return {name: diagnose(result.history) for name, result in self.results.items()}
 
+    def diagnosis(self) -> str:
+        """One line per run: its pattern and the numbers behind it."""
+        return "\n".join(f"{name}: {d}" for name, d in self.diagnoses().items())
+
 
 def run_experiment(variants: dict[str, dict], preset: str = "quick look", root: str = EXPERIMENTS,
                    base: dict | None = None, validation_limit: int | None = None, eval_every: int | None = None,

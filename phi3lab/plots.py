@@ -77,8 +77,26 @@ def plot_loss_curves(histories, title: str | None = None) -> Figure:
     sources = sorted({h.source for h in runs.values()})
     where = "Azure fine-tuning job" if sources == ["azure"] else "local training" if sources == ["local"] else "runs"
     fig, ax = new_figure(title or f"Loss during {where}")
+    _draw_losses(ax, runs)
+    return fig
+
+
+@styled
+def plot_loss_panels(histories, title: str = "Loss curves side by side") -> Figure:
+    """One panel per run of a ``{label: history}`` mapping, side by side, each on its own loss scale, so the
+    shape of every curve stays readable even when one run's loss is far above the others (notebook 04's lab)."""
+    runs = _as_histories(histories)
+    fig, axes = new_figure(title, ncols=len(runs))
+    for i, (ax, (label, history)) in enumerate(zip([axes] if len(runs) == 1 else axes, runs.items(), strict=True)):
+        _draw_losses(ax, {"": history}, first_colour=i)
+        ax.set_title(label)
+    return fig
+
+
+def _draw_losses(ax, runs: dict, first_colour: int = 0) -> None:
+    """Each run's training (solid) and validation (dashed, dots) loss on one axes."""
     drawn = 0
-    for i, (label, history) in enumerate(runs.items()):
+    for i, (label, history) in enumerate(runs.items(), start=first_colour):
         colour = PALETTE[i % len(PALETTE)]
         for split, style in (("train", {"linestyle": "-"}), ("validation", {"linestyle": "--", "marker": "o"})):
             steps, values = history.series(split)
@@ -91,7 +109,6 @@ def plot_loss_curves(histories, title: str | None = None) -> Figure:
         ax.legend()
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("cross-entropy loss")
-    return fig
 
 
 def live_loss_plot(title: str | None = None):

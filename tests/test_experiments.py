@@ -93,6 +93,16 @@ def test_experiment_table_ranks_runs_by_validation_loss(runs_root):
     assert lines[2].startswith("lr 5e-4") and "learning_rate=0.0005" in lines[2] and f"{math.exp(2.1):.2f}" in lines[2]
     assert "<td style='text-align:left'>lr 5e-5</td>" in experiment._repr_html_()
     assert set(experiment.histories()) == {"lr 5e-5", "lr 5e-4"}
+    assert experiment.diagnosis().splitlines()[0].startswith("lr 5e-5: unknown: needs the validation loss")
+
+
+def test_the_lab_curves_sit_side_by_side():
+    from phi3lab import plots
+
+    histories = {"A": history_with(2.5), "B": history_with(2.9), "C": history_with(4.0)}
+    figure = plots.plot_loss_panels(histories, title="lab")
+    assert [ax.get_title() for ax in figure.axes] == ["A", "B", "C"]
+    assert all(len(ax.lines) == 2 for ax in figure.axes), "training and validation loss in every panel"
 
 
 def test_experiment_trains_each_variant_and_scores_it_on_the_ci_subset(runs_root, monkeypatch, tmp_path_factory,
