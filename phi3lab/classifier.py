@@ -242,13 +242,14 @@ def _encode(classifier: IntentClassifier, data: IntentSet) -> list[dict]:
                                                                    strict=True)]
 
 
-def _training_arguments(config: TrainConfig, scratch: str, bf16: bool, progress: bool):
-    """Chat training's arguments, except: no checkpoints (a run takes minutes) and larger evaluation batches
-    (a short message needs little memory)."""
-    from .training.hf_objects import training_arguments
+def _training_arguments(config: TrainConfig, scratch: str, progress: bool):
+    """Chat training's arguments and mixed precision, except: no checkpoints (a run takes minutes) and larger
+    evaluation batches (a short message needs little memory)."""
+    from .training.hf_objects import device_precision_arguments, training_arguments
 
-    return training_arguments(config, scratch, bf16, progress, save_strategy="no",
-                              per_device_eval_batch_size=max(config.batch_size, 16))
+    flags = device_precision_arguments()
+    return training_arguments(config, scratch, flags.pop("bf16"), progress, save_strategy="no",
+                              per_device_eval_batch_size=max(config.batch_size, 16), **flags)
 
 
 def _labelled_splits(config: TrainConfig, eval_limit: int | None) -> tuple[IntentSet, IntentSet]:
@@ -276,19 +277,19 @@ def train_classifier(config: TrainConfig | None = None, eval_limit: int | None =
     import tempfile
     import time
 
-    import torch
     from transformers import DataCollatorWithPadding, Trainer, set_seed
 
+    from .training.hf_objects import keep_trainable_in_fp32
     from .training.trainer import evaluate_last_step
 
     config = config or classifier_config()
     train, validation = _labelled_splits(config, eval_limit)
     set_seed(config.seed)
     classifier = new_classifier(config, sorted(set(train.labels)))
-    bf16 = next(classifier.model.parameters()).dtype == torch.bfloat16
+    keep_trainable_in_fp32(classifier.model)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="phi3lab-intent-") as scratch:
-        trainer = Trainer(model=classifier.model, args=_training_arguments(config, scratch, bf16, progress),
+        trainer = Trainer(model=classifier.model, args=_training_arguments(config, scratch, progress),
                           train_dataset=_encode(classifier, train), eval_dataset=_encode(classifier, validation),
                           data_collator=DataCollatorWithPadding(classifier.tokenizer))
         trainer.train()

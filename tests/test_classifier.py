@@ -129,10 +129,31 @@ def test_trainer_arguments_are_chat_trainings_with_the_classifiers_overrides(dat
 
     config = config_for(tmp_path, *data, batch_size=4)
     chat = training_arguments(config, tmp_path / "chat", bf16=False)
-    intent = classifier._training_arguments(config, str(tmp_path / "intent"), bf16=False, progress=False)
+    intent = classifier._training_arguments(config, str(tmp_path / "intent"), progress=False)
+    assert (intent.bf16, intent.fp16) == (False, False)  # this CPU: fp32, as chat training picks here
     assert (intent.learning_rate, intent.num_train_epochs, intent.optim) == (chat.learning_rate, 6, chat.optim)
     assert intent.save_strategy == "no" != chat.save_strategy
     assert (intent.per_device_train_batch_size, intent.per_device_eval_batch_size) == (4, 16)
+
+
+def test_on_a_t4_the_classifier_trains_like_chat_training_fp16_with_fp32_trained_weights(data, tmp_path,
+                                                                                        monkeypatch):
+    import torch
+
+    from phi3lab import devices
+    from phi3lab.training import hf_objects
+
+    t4 = devices.DeviceInfo(kind="cuda", name="Tesla T4", total_memory=15 * 2**30, compute_capability=(7, 5))
+    monkeypatch.setattr(devices, "detect_device", lambda: t4)
+    seen = {}
+    # TrainingArguments refuses fp16 without a GPU, so the flags are read where they are handed over
+    monkeypatch.setattr(hf_objects, "training_arguments",
+                        lambda config, out, bf16, progress=True, **kw: seen.update(bf16=bf16, fp16=kw.get("fp16")))
+    classifier._training_arguments(config_for(tmp_path, *data), str(tmp_path / "intent"), progress=False)
+    assert seen == {"bf16": False, "fp16": True}
+    head = torch.nn.Linear(4, 2).half()
+    hf_objects.keep_trainable_in_fp32(head)
+    assert head.weight.dtype == torch.float32
 
 
 def test_head_is_trained_in_full_and_the_backbone_only_through_lora(tiny_model, data, tmp_path):

@@ -52,6 +52,22 @@ def precision_arguments(precision) -> dict:
     return {"bf16": precision.bf16, "fp16": precision.fp16}
 
 
+def device_precision_arguments() -> dict:
+    """``precision_arguments`` for the device this process trains on (chat training and the classifier alike)."""
+    from ..devices import detect_device, pick_precision
+
+    return precision_arguments(pick_precision(detect_device()))
+
+
+def keep_trainable_in_fp32(model) -> None:
+    """fp16 loss scaling cannot unscale fp16 gradients, so trained weights (adapters, a new head) stay fp32."""
+    import torch
+
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+
+
 def speed_arguments(speed: dict) -> dict:
     """``TrainingArguments`` values for the speed switches that can be used here (see ``resolve_speed``)."""
     checkpointing = speed["gradient_checkpointing"]

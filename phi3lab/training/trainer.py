@@ -22,7 +22,7 @@ from ..runs import CONFIG_NAME, HISTORY_NAME, SUMMARY_NAME, RunFolder
 from .chat_format import load_splits, make_collator
 from .checkpoints import changed_fields, checkpoint_publisher, resume_point, step_of
 from .errors import TrainingError, notice
-from .hf_objects import add_lora, precision_arguments, speed_arguments, training_arguments
+from .hf_objects import add_lora, device_precision_arguments, speed_arguments, training_arguments
 from .memory import (
     GB,
     candidate_changes,
@@ -213,10 +213,8 @@ def build_trainer(config: TrainConfig, model, tokenizer, train_set, eval_set, st
     """The Trainer our path uses (shared by ``train`` and the benchmark). ``bookkeeping=False`` (benchmarks)
     turns off evaluation and saving; ``baseline_eval`` scores the untrained model at step 0, so the
     validation curve starts at the base model."""
-    from ..devices import detect_device, pick_precision
-
     bookkeeping_off = {} if bookkeeping else {"eval_strategy": "no", "save_strategy": "no"}
-    flags = precision_arguments(pick_precision(detect_device()))
+    flags = device_precision_arguments()
     args = training_arguments(config, staging_dir, flags.pop("bf16"), progress, eval_on_start=bookkeeping and baseline_eval,
                               **flags, **speed_arguments(speed), **bookkeeping_off)
     return metered_trainer_class()(
