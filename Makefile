@@ -47,8 +47,13 @@ test: lint unit nbval
 clean:
 	rm -rf $(VENV) runs course-runs test-artifacts
 
-# Re-pin the full environment after deliberately upgrading a package in pyproject.toml.
+# Re-pin the full environment after deliberately upgrading a package in pyproject.toml. The [gpu] extra is not
+# installed on a CPU machine, so its pins are carried over from pyproject.toml.
 constraints: $(STAMP)
 	( echo "# Every package of the tested environment, pinned (pip freeze, CPU torch build)."; \
 	  echo "# Regenerate with: make constraints"; \
-	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e' | sed 's/+cpu$$//' | grep -v '^phi3lab' ) > constraints.txt
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e' | sed 's/+cpu$$//' | grep -v '^phi3lab' \
+	    | grep -v '^bitsandbytes'; \
+	  $(BIN)/python -c "import tomllib; gpu = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['gpu']; \
+	    print('\n'.join(d.split(';')[0].strip() + '  # the [gpu] extra (QLoRA on CUDA); not installed on CPU machines' for d in gpu))" \
+	  ) > constraints.txt
