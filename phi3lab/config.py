@@ -1,13 +1,16 @@
 """The one typed configuration: hyperparameters and run settings.
 
 Widgets, the CLI, local training and the Azure job all read a ``TrainConfig``. Every numeric
-field carries its allowed range (``ge``/``le``), which the widgets reuse as slider bounds.
+field carries its allowed range (``ge``/``le``), which the widgets reuse as slider bounds. Types are
+strict: ``batch_size: true`` or ``max_steps: "4"`` is an error, not a silent 1 or 4 (an int is still
+a valid float, and YAML's ``2e-4`` reads as a float: ``phi3lab.io.read_yaml_mapping``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import reprlib
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +26,9 @@ PHI3_LORA_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 class TrainConfig(BaseModel):
     """Hyperparameters and run settings for one fine-tuning run (local or Azure)."""
 
-    model_config = ConfigDict(validate_assignment=True, extra="forbid")
+    # strict: no coercion (true -> 1, "4" -> 4, 1 -> True); a new field of a type that YAML cannot
+    # spell (a Path, an enum) needs a "before" validator that builds it.
+    model_config = ConfigDict(validate_assignment=True, extra="forbid", strict=True)
 
     # What to train.
     model: str = Field(default="phi3-tiny-offline", description="catalog name (see phi3lab.models.CATALOG)")
@@ -167,10 +172,24 @@ def field_range(name: str) -> tuple[float | None, float | None]:
     return low, high
 
 
-def describe_validation_error(exc: ValidationError) -> str:
+# Values are quoted at most this long: a pasted file or a nested structure must not become the message.
+_SHORT = reprlib.Repr()  # Python 3.11's Repr takes no arguments
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxset = 2, 3, 3, 3, 3
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 60, 60, 40
+
+
+def short_repr(value, width: int = 80) -> str:
+    """``repr(value)``, built within bounds (never the whole of a huge value) and cut to ``width``."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def describe_validation_error(exc: ValidationError, most: int = 5) -> str:
+    """The first ``most`` problems, one clause each (a list of a million bad items stays one short line)."""
     lines = []
-    for err in exc.errors():
-        name = ".".join(str(p) for p in err["loc"]) or "config"
+    errors = exc.errors()
+    for err in errors[:most]:
+        name = short_repr(".".join(str(p) for p in err["loc"]), 60).strip("'\"") or "config"
         if err["type"] == "extra_forbidden":
             known = ", ".join(TrainConfig.model_fields)
             lines.append(f"unknown setting '{name}'. Known settings: {known}")
@@ -180,9 +199,9 @@ def describe_validation_error(exc: ValidationError) -> str:
             low, high = field_range(name)
             if low is not None or high is not None:
                 allowed = f" Allowed range: {low} to {high}."
-        value = err.get("input")
-        lines.append(f"{name}={value!r} is invalid: {err['msg']}.{allowed}")
-    return "; ".join(lines)
+        lines.append(f"{name}={short_repr(err.get('input'))} is invalid: {err['msg']}.{allowed}")
+    more = f"; and {len(errors) - most} more problem(s)" if len(errors) > most else ""
+    return "; ".join(lines) + more
 
 
 # Named starting points. "quick look" shows the mechanics in a couple of minutes on CPU;

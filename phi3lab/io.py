@@ -1,8 +1,14 @@
-"""Atomic file and directory writes: a crash leaves either the old content or the new, never half."""
+"""Atomic file and directory writes: a crash leaves either the old content or the new, never half.
+
+What is written gets the permissions the user's umask gives any new file (``tempfile`` would leave it
+private, 0600/0700), and a folder or permission in the way is a ``FileAccessError`` naming the path.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import json
 import os
 import shutil
@@ -10,6 +16,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
+
+from .errors import file_errors
 
 
 @contextlib.contextmanager
@@ -19,14 +27,19 @@ def atomic_open(path: str | os.PathLike) -> Iterator[TextIO]:
     Streams, so files of any size can be written without holding them in memory.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with file_errors(path, "write"):
+        if path.is_dir():  # found now, not at the rename: a second output opened beside this one stays unwritten
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        with file_errors(path, "write"):
+            os.chmod(tmp, 0o666 & ~current_umask())
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -51,15 +64,18 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     If the block raises (or the process dies), ``path`` keeps its previous content.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    with file_errors(path, "write"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        os.chmod(tmp, 0o777 & ~current_umask())
     try:
         yield tmp
         old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
+        with file_errors(path, "write"):
+            if path.exists():
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                os.replace(path, old)
+            os.replace(tmp, path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
@@ -67,18 +83,66 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` can only be read by setting it, which
+    would briefly give files that other threads create the wrong mode)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # no /proc (macOS): read it the only other way
+    os.umask(mask)
+    return mask
+
+
+@functools.cache
+def _settings_loader():
+    """PyYAML's safe loader, minus aliases, plus floats written without a dot.
+
+    Settings files need no aliases, and an alias bomb (329 bytes) expands into a value whose repr is
+    35 MB. YAML 1.1 reads ``2e-4`` as a string, which a strictly typed float field would refuse.
+    """
+    import re
+
+    import yaml
+
+    class SettingsLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in settings files; "
+                                                              "write the value out", mark)
+            return super().compose_node(parent, index)
+
+    SettingsLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"))
+    return SettingsLoader
+
+
+def _yaml_problem(exc) -> str:
+    """The parser's complaint and where, on one line (its own message spans lines, quoting the line)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{getattr(exc, 'problem', None) or exc}{where}"
+
+
 def read_yaml_mapping(path: str | os.PathLike, error: type[Exception], redact=lambda text: text) -> dict:
     """A YAML/JSON file that must hold a mapping; problems raise ``error`` naming the file.
 
     ``redact`` cleans the parser's message (it quotes the offending line, which may hold a secret).
+    Aliases are refused (see ``_settings_loader``).
     """
     import yaml
 
     path = Path(path)
+    with file_errors(path, "read", error):
+        text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(text, Loader=_settings_loader()) or {}  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
-        raise error(f"{path} is not valid YAML/JSON: {redact(str(exc))}") from None
+        raise error(f"{path} is not valid YAML/JSON: {redact(_yaml_problem(exc))}") from None
     if not isinstance(data, dict):
         raise error(f"{path} must hold a mapping of setting: value, got {type(data).__name__}")
     return data

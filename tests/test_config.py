@@ -71,3 +71,51 @@ def test_update_returns_validated_copy():
     assert (config.epochs, changed.epochs) == (1, 3)
     with pytest.raises(ConfigError):
         config.update(epochs=100)
+
+
+# ----- issue 19: no silent coercion, short messages, no YAML aliases, file problems named -----------------
+@pytest.mark.parametrize("field, value", [("batch_size", True), ("max_steps", "4"), ("epochs", 2.0),
+                                          ("learning_rate", "2e-4"), ("warmup_ratio", False), ("packing", 1),
+                                          ("gradient_checkpointing", "yes"), ("target_modules", "qkv_proj")])
+def test_coerced_types_are_refused(field, value):
+    with pytest.raises(ConfigError, match=rf"{field}={value!r} is invalid"):
+        TrainConfig.create(**{field: value})
+
+
+def test_yaml_as_learners_write_it_still_loads(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("learning_rate: 2e-4\nwarmup_ratio: 0\nbatch_size: 8\nmax_steps: -1\npacking: false\n"
+                    "target_modules: [qkv_proj, o_proj]\nvalidation_file: null\n")
+    config = TrainConfig.load(path)
+    assert (config.learning_rate, config.warmup_ratio, config.batch_size, config.packing) == (2e-4, 0.0, 8, False)
+    path.write_text("batch_size: true\nmax_steps: \"4\"\n")
+    with pytest.raises(ConfigError, match=r"batch_size=True is invalid.*max_steps='4' is invalid"):
+        TrainConfig.load(path)
+
+
+def test_an_alias_bomb_is_refused_in_one_short_line(tmp_path):
+    rows = [f'{name}: &{name} [{", ".join([f"*{prev}"] * 9 if prev else ["lol"] * 9)}]'
+            for prev, name in zip([None, "a", "b", "c", "d", "e"], "abcdef", strict=True)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(rows) + "\ntarget_modules: [*f, *f, *f, *f, *f, *f, *f, *f, *f]\n")
+    assert bomb.stat().st_size < 400
+    with pytest.raises(ConfigError, match=r"aliases \(\*name\) are not allowed.* at line 2, column") as info:
+        TrainConfig.load(bomb)
+    assert len(str(info.value)) < 300 and "\n" not in str(info.value)
+
+
+def test_huge_values_are_quoted_short():
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.create(model=["x" * 10_000] * 10_000, target_modules=list(range(100_000)), **{"k" * 5000: 1})
+    message = str(info.value)
+    assert len(message) < 1500 and "more problem(s)" in message
+
+
+@pytest.mark.parametrize("content, words", [(b"\xff\xfe\x00\x89PNG\x00", "is not UTF-8 text"),
+                                            (b"\x89PNG\r\n\x1a\n\x00\x00", "is not UTF-8 text")])
+def test_a_binary_config_file_is_named(tmp_path, content, words):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=words) as info:
+        TrainConfig.load(path)
+    assert str(path) in str(info.value) and "Fix:" in str(info.value)

@@ -263,3 +263,75 @@ def test_data_plots_return_figures(tmp_path, tokenizer):
     assert len(plots.plot_token_lengths(result, max_tokens=40).axes[0].patches) >= 5
     assert [p.get_height() for p in plots.plot_turns(result).axes[0].patches] == [3]
     assert sorted(p.get_width() for p in plots.plot_label_balance(result).axes[0].patches) == [1, 2]
+
+
+# ----- issue 19: files with nothing to train on, files in another encoding, outputs that cannot be written --------
+@pytest.mark.parametrize("content", ["", "\n", "  \n\t\n\n", "\r\n\r\n"], ids=["empty", "newline", "blank", "crlf"])
+def test_a_file_without_conversations_is_an_error(tmp_path, capsys, content):
+    path = tmp_path / "train.jsonl"
+    path.write_text(content, encoding="utf-8", newline="")
+    report = validate(path)
+    assert not report.ok and report.counts["no_conversations"] == 1
+    assert cli(["data", "validate", str(path), "--structure-only"]) == 1
+    out = capsys.readouterr().out
+    assert "holds no conversations" in out and "clean cannot add any" in out
+    with pytest.raises(DataError, match="holds no conversations: it is empty or has only blank lines"):
+        list(read_conversations(path))
+
+
+def test_training_on_an_empty_file_refuses_before_loading_the_model(tmp_path, monkeypatch):
+    from phi3lab.config import TrainConfig
+    from phi3lab.training import chat_format
+
+    monkeypatch.setenv("PHI3LAB_RUNS", str(tmp_path / "runs"))
+    empty = tmp_path / "train.jsonl"
+    empty.write_text("\n\n", encoding="utf-8")
+    config = TrainConfig(train_file=str(empty), validation_file=None)
+    with pytest.raises(DataError, match=f"{empty}: the file holds no conversations"):
+        chat_format.load_splits(config, tokenizer=None)
+
+
+WIDE = ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"]
+
+
+@pytest.mark.parametrize("encoding", WIDE)
+def test_utf16_and_utf32_files_are_recognised_and_named(tmp_path, capsys, encoding):
+    path = tmp_path / "chat.jsonl"
+    path.write_bytes((json.dumps(conv()) + "\n").encode(encoding) * 3)
+    name = encoding.upper().replace("-LE", " LE").replace("-BE", " BE")
+    name = name if " " in name else f"{name} LE"  # Python writes little-endian with a byte-order mark
+    with pytest.raises(DataError, match=f"is {name} text; chat JSONL must be UTF-8"):
+        validate(path)
+    assert cli(["data", "validate", str(path), "--structure-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"iconv -f {name.replace(' ', '')} -t UTF-8" in err
+
+
+def test_utf8_with_a_byte_order_mark_is_still_read(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    path.write_bytes((json.dumps(conv()) + "\n").encode("utf-8-sig"))
+    assert validate(path).n_valid == 1
+
+
+def _mkstemp_denied(*args, **kwargs):
+    raise PermissionError(13, "Permission denied", kwargs.get("dir"))
+
+
+@pytest.mark.parametrize("case", ["output is a folder", "output under a file", "folder not writable"])
+def test_an_output_that_cannot_be_written_is_one_line_naming_it(tmp_path, capsys, monkeypatch, case):
+    chat = write(tmp_path, *[conv(f"q{i}") for i in range(4)])
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    output = {"output is a folder": tmp_path / "folder", "output under a file": tmp_path / "a-file" / "out.jsonl",
+              "folder not writable": tmp_path / "folder" / "out.jsonl"}[case]
+    if case == "folder not writable":  # tests may run as root, whom chmod cannot stop
+        monkeypatch.setattr("tempfile.mkstemp", _mkstemp_denied)
+    for argv in (["data", "clean", str(chat), str(output), "--structure-only"],
+                 ["data", "split", str(chat), str(output), str(tmp_path / "v.jsonl")]):
+        assert cli(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err and "Fix:" in err
+        assert {"output is a folder": f"{output} is a folder, where a file is needed",
+                "output under a file": f"{tmp_path / 'a-file'} is a file, where a folder is needed",
+                "folder not writable": f"no permission to write {output}"}[case] in err
+    assert not (tmp_path / "v.jsonl").exists()

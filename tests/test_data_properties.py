@@ -1,11 +1,14 @@
-"""Property-based tests: any bytes give a report, never a crash; clean output always validates."""
+"""Property-based tests: any bytes give a report (or a DataError naming UTF-16/32), never a crash; clean output
+always validates, and clean never writes a file without conversations."""
 
 import json
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from phi3lab.data import clean, validate
+from phi3lab.data import DataError, clean, validate
+from phi3lab.data.records import wide_encoding
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -27,6 +30,10 @@ files = st.lists(st.one_of(lines.map(str.encode), st.binary(max_size=40)), max_s
 def test_arbitrary_bytes_give_a_report(tmp_path, data):
     path = tmp_path / "any.jsonl"
     path.write_bytes(data)
+    if wide_encoding(data[:4]):
+        with pytest.raises(DataError, match="chat JSONL must be UTF-8"):
+            validate(path)
+        return
     report = validate(path)
     assert report.n_valid <= report.n_lines
     assert isinstance(report.summary(), str) and json.dumps(report.to_dict())
@@ -36,7 +43,13 @@ def test_arbitrary_bytes_give_a_report(tmp_path, data):
 @given(data=files, prefix=st.sampled_from([b"", b"\xef\xbb\xbf"]))
 def test_clean_output_always_validates_and_input_is_unchanged(tmp_path, data, prefix):
     src, dst = tmp_path / "src.jsonl", tmp_path / "dst.jsonl"
+    dst.unlink(missing_ok=True)  # the folder is shared by every example
     src.write_bytes(prefix + data)
+    if wide_encoding((prefix + data)[:4]) or validate(src).n_valid == 0:
+        with pytest.raises(DataError, match="no conversation could be kept|chat JSONL must be UTF-8"):
+            clean(src, dst)
+        assert not dst.exists() and src.read_bytes() == prefix + data
+        return
     report = clean(src, dst)
     assert src.read_bytes() == prefix + data
     after = validate(dst)

@@ -238,7 +238,7 @@ def test_one_client_compares_the_local_and_an_azure_endpoint_side_by_side(server
 
     azure = AzureEndpoint(SCORING, KEY, name="azure", transport=FakeFoundry().transport)
     table, reports = compare_endpoints([LocalEndpoint(server.url), azure], PROMPTS, max_tokens=4,
-                                       log=CallLog(tmp_path / "calls.jsonl"))
+                                       log=CallLog(tmp_path / "calls.jsonl"), confirm=True, max_requests=len(PROMPTS))
     assert list(table.columns) == ["prompt", "local", "azure"] and list(table["prompt"]) == PROMPTS
     assert table["azure"][0] == f"Answer to: {PROMPTS[0]}" and all(table["local"])
     assert [r.errors for r in reports] == [0, 0]

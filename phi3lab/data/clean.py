@@ -120,6 +120,11 @@ def clean(src: str | os.PathLike, dst: str | os.PathLike, tokenizer=None, max_to
             keep(counter.add(line, messages) if counter is not None else [(line, messages, 0)])
         if counter is not None:
             keep(counter.flush())
+        if report.n_kept == 0:  # raised inside the block, so dst is left as it was: never an empty training file
+            first = min(report.dropped, default=None)
+            why = f"; first: line {first[0]} {first[1]}: {first[2]}" if first else ""
+            raise DataError(f"{src}: no conversation could be kept ({report.n_read} line(s) read, none valid{why}), "
+                            f"so {dst} was not written. Fix: `phi3lab data validate {src}` lists every problem.")
     report.dropped.sort()
     report.fixed.sort(key=lambda entry: entry[0])
     if label_map is not None:

@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from ..errors import file_errors
 from ..paths import REPO_ROOT, repo_path
 from .report import SEVERITY, DataError, Finding
 
@@ -20,6 +21,9 @@ RECORD_KEYS = {"messages"}
 MESSAGE_KEYS = {"role", "content", "name"}
 MAX_LINE_BYTES = 8 * 1024 * 1024  # a longer line is reported and skipped, never read whole
 BOM = b"\xef\xbb\xbf"
+# The byte-order marks of UTF-16/32 (see ``wide_encoding``). UTF-32 first: its LE mark starts like UTF-16's.
+_WIDE_MARKS = ((b"\xff\xfe\x00\x00", "UTF-32 LE"), (b"\x00\x00\xfe\xff", "UTF-32 BE"),
+               (b"\xff\xfe", "UTF-16 LE"), (b"\xfe\xff", "UTF-16 BE"))
 
 
 @dataclass(slots=True)  # not frozen: frozen dataclasses are slow to build, and this is built per line
@@ -35,13 +39,40 @@ def finding(line: int, code: str, field: str, message: str) -> Finding:
     return Finding(line, code, field, message, SEVERITY[code])
 
 
+def wide_encoding(start: bytes) -> str | None:
+    """"UTF-16 LE" etc. when a file starting with ``start`` (its first 4 bytes) is UTF-16/32 text, else None.
+
+    Without a byte-order mark, RFC 4627's rule: JSON starts with two ASCII characters, so the places of
+    the zero bytes give the encoding away. Other binary data is left to the line checks.
+    """
+    for mark, name in _WIDE_MARKS:
+        if start.startswith(mark):
+            return name
+    head = start[:4]
+    if len(head) < 4 or max(head) >= 0x80:
+        return None
+    zeros = tuple(byte == 0 for byte in head)
+    return {(True, True, True, False): "UTF-32 BE", (False, True, True, True): "UTF-32 LE",
+            (True, False, True, False): "UTF-16 BE", (False, True, False, True): "UTF-16 LE"}.get(zeros)
+
+
 def iter_raw_lines(path: str | os.PathLike) -> Iterator[RawLine]:
-    """Physical lines of a file as bytes, with line-ending and BOM flags, in bounded memory."""
+    """Physical lines of a file as bytes, with line-ending and BOM flags, in bounded memory.
+
+    A UTF-16 or UTF-32 file is a DataError naming its encoding: its lines cannot even be split.
+    """
     path = repo_path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist or is not a file. Fix: check the path (relative paths start at "
                         f"the repository root, {REPO_ROOT}).")
-    with path.open("rb") as handle:
+    with file_errors(path, "read", DataError):
+        handle = path.open("rb")
+    with handle:
+        encoding = wide_encoding(handle.read(4))
+        if encoding:
+            raise DataError(f"{path} is {encoding} text; chat JSONL must be UTF-8. Fix: save it as UTF-8 (in an "
+                            f"editor: Save with Encoding, UTF-8; or `iconv -f {encoding.replace(' ', '')} -t UTF-8`).")
+        handle.seek(0)
         number = 0
         while chunk := handle.readline(MAX_LINE_BYTES + 1):
             number += 1

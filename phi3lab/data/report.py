@@ -107,8 +107,15 @@ class ValidationReport:
             lines.append(f"tokens (tokenizer {self.tokenizer}, chat template, {limit_text}):")
             lines += [f"  {stats.row(name)}" for name, stats in self.token_stats.items()]
         if not self.ok:
-            lines.append(f"fix: {CLEAN_HINT}, or correct the lines above by hand")
+            lines.append(f"fix: {self.fix}")
         return "\n".join(lines)
+
+    @property
+    def fix(self) -> str:
+        """The fix for what is wrong: clean repairs lines, but cannot fill an empty file."""
+        if {code for code in self.counts if SEVERITY.get(code, "error") == "error"} == {"no_conversations"}:
+            return 'add one conversation per line, {"messages": [...]} (see data/README.md); clean cannot add any'
+        return f"{CLEAN_HINT}, or correct the lines above by hand"
 
     __str__ = summary
 
@@ -127,8 +134,7 @@ class ValidationReport:
             return self
         first = "; ".join(f"line {f.line} {f.code}{' ' + f.field if f.field else ''}: {f.message}"
                           for f in self.errors[:shown])
-        raise DataError(f"{self.path} has {self.n_errors} error(s), first: {first}. Fix: {CLEAN_HINT}, "
-                        f"or correct these lines by hand.")
+        raise DataError(f"{self.path} has {self.n_errors} error(s), first: {first}. Fix: {self.fix}.")
 
 
 # Severity of every finding code. Warnings do not make a file invalid.
@@ -141,4 +147,5 @@ SEVERITY = {
     "missing_content": "error", "unknown_role": "error", "content_not_string": "error",
     "bad_unicode": "error", "name_not_string": "error", "empty_content": "error", "no_assistant": "error", "system_not_first": "error",
     "first_not_user": "error", "not_alternating": "error", "last_not_assistant": "error", "too_long": "error",
+    "no_conversations": "error",
 }

@@ -88,6 +88,9 @@ def stats(path: str | os.PathLike, tokenizer=None, labels: str | os.PathLike | N
             result.label_counts[label_map[item.raw.number]] += 1
         if counter is not None:
             counter.add(item.raw.number, messages)
+    if result.n_conversations == 0:  # distributions (and a cost) of nothing would only mislead
+        raise DataError(f"{path} has no valid conversation to describe ({result.n_skipped_lines} line(s) invalid or "
+                        f"blank). Fix: `phi3lab data validate {path}` lists the problems.")
     if counter is not None:
         counter.flush()
         result.conversation_tokens = counter.lengths["conversation"]

@@ -10,6 +10,8 @@ from .records import RawLine, check_record, finding, fingerprint, is_error, iter
 from .report import CLEAN_HINT, DataError, Finding, TokenStats, ValidationReport
 from .tokens import TokenCounter, resolve_tokenizer, tokenizer_name
 
+NO_CONVERSATIONS = "the file holds no conversations: it is empty or has only blank lines"
+
 
 @dataclass(slots=True)
 class Scanned:
@@ -49,7 +51,8 @@ def scan(path: str | os.PathLike, fix: Callable[[object], list[str]] | None = No
 
 
 def validate(path: str | os.PathLike, tokenizer=None, max_tokens: int | None = None) -> ValidationReport:
-    """Check every line of a chat JSONL file; never raises for bad content, only for a missing file.
+    """Check every line of a chat JSONL file; never raises for bad content, only for a missing or
+    unreadable file (a folder, no permission, UTF-16/32 text).
 
     ``tokenizer``: the model's tokenizer (or a catalog model name). With it, each conversation is
     counted through the chat template and checked against ``max_tokens`` (default: the model's
@@ -78,6 +81,8 @@ def validate(path: str | os.PathLike, tokenizer=None, max_tokens: int | None = N
     if crlf_lines:
         report.add(finding(first_crlf, "crlf", "", f"{crlf_lines} line(s) end in CRLF (Windows line endings), "
                                                    f"first here; clean converts them to LF"))
+    if report.n_valid == 0 and report.n_errors == 0:  # nothing wrong on any line, yet nothing to train on
+        report.add(finding(0, "no_conversations", "", f"{NO_CONVERSATIONS} ({report.n_lines} line(s))"))
     _sort_findings(report)
     return report
 
@@ -108,12 +113,20 @@ def read_conversations(path: str | os.PathLike, on_error: str = "raise") -> Iter
 
 
 def iter_valid(path: str | os.PathLike, on_error: str = "raise") -> Iterator[tuple[int, list[dict]]]:
-    """(line number, messages) of each valid conversation; see ``read_conversations``."""
+    """(line number, messages) of each valid conversation; see ``read_conversations``.
+
+    With ``on_error="raise"`` a file without any conversation is an error too: training on it could only fail later.
+    """
+    found = False
     for item in scan(path):
         if item.valid:
+            found = True
             yield item.raw.number, item.record["messages"]
         elif on_error == "raise" and is_error(item.findings):
             bad = next(f for f in item.findings if f.severity == "error")
             raise DataError(f"{path} line {bad.line} is invalid ({bad.code}{' ' + bad.field if bad.field else ''}: "
                             f"{bad.message}). Fix: {CLEAN_HINT}; `phi3lab data validate {path}` lists every "
                             f"problem.")
+    if not found and on_error == "raise":
+        raise DataError(f"{path}: {NO_CONVERSATIONS}. Fix: add one chat conversation per line, "
+                        f'{{"messages": [{{"role": "user", ...}}, {{"role": "assistant", ...}}]}} (see data/README.md)')
