@@ -3,16 +3,24 @@
 Trainer writes ``checkpoint-N`` piece by piece; a crash in between would leave a folder that looks
 complete but is not. Trainer therefore writes into the run's staging folder, and once a checkpoint is
 whole it gets the config and history and is published into the run folder with one rename.
+
+A checkpoint can still be damaged afterwards (a full disk, a copy cut short). Before resuming, each
+one is checked without loading it; a damaged newest one is removed with a note, and the run resumes
+from the newest intact one instead of failing on every rerun.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 from ..config import TrainConfig
+from ..errors import ConfigError
 from ..history import MetricsHistory
+from ..models import _safetensors_ok
 from ..runs import CHECKPOINT_RE, CONFIG_NAME, HISTORY_NAME, RunFolder
 from .errors import notice
 
@@ -57,6 +65,45 @@ def complete_checkpoints(run: RunFolder) -> list[Path]:
     return [path for path in run.checkpoint_dirs() if all((path / name).is_file() for name in CHECKPOINT_FILES)]
 
 
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """What makes a published checkpoint unusable for resuming, or None when it is intact.
+
+    Cheap checks, no weights loaded: the safetensors header matches the file's length, the JSON files
+    parse, each torch file's zip directory is whole (a truncated file has none), the config loads.
+    """
+    if not _safetensors_ok(checkpoint / "adapter_model.safetensors"):
+        return "adapter_model.safetensors is truncated or corrupt"
+    for name in ("trainer_state.json", HISTORY_NAME):
+        try:
+            json.loads((checkpoint / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return f"{name} is not readable JSON"
+    for torch_file in sorted(checkpoint.glob("*.pt")) + sorted(checkpoint.glob("*.pth")):
+        try:
+            zipfile.ZipFile(torch_file).close()
+        except (OSError, zipfile.BadZipFile):
+            return f"{torch_file.name} is truncated or corrupt"
+    try:
+        TrainConfig.load(checkpoint / CONFIG_NAME)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def intact_checkpoints(run: RunFolder, notices: list[str] | None = None) -> list[Path]:
+    """``complete_checkpoints`` that pass ``checkpoint_problem``, oldest first; damaged ones are removed with a note."""
+    intact = []
+    for path in complete_checkpoints(run):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            intact.append(path)
+            continue
+        notice(f"{path.name} is damaged ({problem}); removed it, so the run resumes from the previous intact "
+               f"checkpoint (or starts over)", notices)
+        shutil.rmtree(path, ignore_errors=True)
+    return intact
+
+
 def changed_fields(config: TrainConfig, saved_config: Path) -> list[str]:
     """The run-defining fields in which ``config`` differs from the config saved at ``saved_config``."""
     saved = TrainConfig.load(saved_config)
@@ -64,8 +111,8 @@ def changed_fields(config: TrainConfig, saved_config: Path) -> list[str]:
 
 
 def resume_point(config: TrainConfig, run: RunFolder, resume: bool, notices: list[str] | None = None) -> Path | None:
-    """The last complete checkpoint of this same run, or None to start fresh (old checkpoints removed)."""
-    checkpoints = complete_checkpoints(run)
+    """The last intact checkpoint of this same run, or None to start fresh (old checkpoints removed)."""
+    checkpoints = intact_checkpoints(run, notices) if resume else []
     changed = changed_fields(config, checkpoints[-1] / CONFIG_NAME) if checkpoints else []
     if changed and resume:
         notice(f"the checkpoints in {run.folder} are from a run with other {', '.join(changed)}; starting a new run",
