@@ -120,23 +120,28 @@ class Diagnosis:
 
 
 def diagnose(history) -> Diagnosis:
-    """Name a run's loss pattern from its validation curve (and training loss), with the numbers behind it.
+    """Name a run's loss pattern from its curves, with the numbers behind it.
 
-    unstable: the validation loss ends above where the untrained model started (the updates overshoot);
-    overfitting: it fell to a minimum, then rose clearly while training went on;
-    too slow: it fell by less than 3% of its start; healthy: it fell and ends at (or near) its lowest point.
+    overfitting: the validation loss rose clearly after its lowest point while the training loss fell well
+    below its start (the model memorises); unstable: the validation loss ends above where the untrained
+    model started, or rose without the training loss falling (the updates overshoot); too slow: the
+    validation loss fell by less than 3% of its start; healthy: it fell and ends at (or near) its lowest.
     """
     steps, values = history.series("validation")
     if len(values) < 2:
         return Diagnosis("unknown", "needs the validation loss at the start and at least once later")
     start, end, best = values[0], values[-1], min(values)
-    best_step = steps[values.index(best)]
-    summary = f"validation loss {start:.2f} at step {steps[0]}, lowest {best:.2f} at step {best_step}, " \
-              f"{end:.2f} at step {steps[-1]}"
+    summary = f"validation loss {start:.2f} at step {steps[0]}, lowest {best:.2f} at step " \
+              f"{steps[values.index(best)]}, {end:.2f} at step {steps[-1]}"
+    _, train = history.series("train")
+    memorising = len(train) >= 2 and min(train[len(train) // 2:]) < 0.8 * train[0]
+    if end > best + max(0.03, 0.02 * best):
+        if memorising:
+            return Diagnosis("overfitting", f"{summary}: rose again after its lowest point while the training "
+                                            f"loss fell to {min(train):.2f}")
+        return Diagnosis("unstable", f"{summary}: rose again without the training loss falling")
     if end > start:
         return Diagnosis("unstable", f"{summary}: worse than the untrained model")
-    if end > best + max(0.03, 0.02 * best):
-        return Diagnosis("overfitting", f"{summary}: rose again after its lowest point")
     if start - end < 0.03 * start:
         return Diagnosis("too slow", f"{summary}: fell by {100 * (start - end) / start:.1f}% only")
     return Diagnosis("healthy", f"{summary}: fell by {100 * (start - end) / start:.0f}% and ends near its lowest")
@@ -237,8 +242,8 @@ LOSS_LAB = {  # named by letter, so the name gives nothing away before the learn
     "B": {"train_subset": 8, "epochs": 10, "max_steps": -1},
     "C": {"learning_rate": 1e-2},
 }
-LAB_VALIDATION = 16  # conversations the lab's validation loss is scored on
-LAB_EVAL_EVERY = 5
+LAB_VALIDATION = 8  # conversations the lab's validation loss is scored on
+LAB_EVAL_EVERY = 10
 
 
 def loss_lab(variants: dict[str, dict] | None = None, fresh: bool = False) -> Experiment:

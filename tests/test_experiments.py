@@ -184,20 +184,29 @@ def diagnosis_of(validation: list[float], train: list[float] | None = None) -> s
     return experiments.diagnose(history).pattern
 
 
-@pytest.mark.parametrize("validation, pattern", [
-    ([3.3, 3.0, 2.8, 2.7], "healthy"),
-    ([3.3, 2.9, 2.7, 2.8, 3.0], "overfitting"),
-    ([3.3, 4.5, 6.0, 5.1], "unstable"),
-    ([3.3, 3.29, 3.27], "too slow"),
-    ([3.3], "unknown"),
+FALLING = [3.5, 3.0, 2.4, 1.8, 1.2]  # training loss that keeps falling (memorising)
+JUMPING = [3.5, 6.0, 9.0, 5.0, 4.5]  # training loss that jumps and never settles
+
+
+@pytest.mark.parametrize("validation, train, pattern", [
+    ([3.3, 3.0, 2.8, 2.7], FALLING, "healthy"),
+    ([3.3, 2.9, 2.7, 2.8, 3.0], FALLING, "overfitting"),
+    ([3.3, 2.9, 2.7, 3.1, 3.6], FALLING, "overfitting"),  # ends above its start, but it is memorising
+    ([3.3, 4.5, 6.0, 5.1], JUMPING, "unstable"),
+    ([3.3, 3.0, 3.4, 3.2], JUMPING, "unstable"),
+    ([3.3, 3.29, 3.27], [3.5, 3.5, 3.4], "too slow"),
+    ([3.3], FALLING, "unknown"),
 ])
-def test_diagnose_names_the_loss_pattern(validation, pattern):
-    assert diagnosis_of(validation) == pattern
+def test_diagnose_names_the_loss_pattern(validation, train, pattern):
+    assert diagnosis_of(validation, train) == pattern
 
 
 def test_a_diagnosis_gives_its_evidence():
     history = MetricsHistory(run="x")
     for step, loss in [(0, 3.3), (10, 2.7), (20, 3.0)]:
         history.add(step, "validation", loss)
+    for step, loss in [(1, 3.4), (10, 2.0), (20, 1.1)]:
+        history.add(step, "train", loss)
     assert str(experiments.diagnose(history)) == ("overfitting: validation loss 3.30 at step 0, lowest 2.70 at step "
-                                                  "10, 3.00 at step 20: rose again after its lowest point")
+                                                  "10, 3.00 at step 20: rose again after its lowest point while the "
+                                                  "training loss fell to 1.10")
