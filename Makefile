@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.phi3lab-installed
 PORT   ?= 8888
 HOST   ?= 127.0.0.1
 
-.PHONY: setup model lab test lint unit nbval course clean constraints
+.PHONY: setup model lab test lint unit nbval course clean constraints gpu-constraints
 
 setup: $(STAMP) model
 
@@ -57,3 +57,8 @@ constraints: $(STAMP)
 	  $(BIN)/python -c "import tomllib; gpu = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['gpu']; \
 	    print('\n'.join(d.split(';')[0].strip() + '  # the [gpu] extra (QLoRA on CUDA); not installed on CPU machines' for d in gpu))" \
 	  ) > constraints.txt
+
+# Regenerate constraints-gpu.txt, the Azure GPU job's pins (torch's CUDA build, the same versions as
+# constraints.txt elsewhere), after `make constraints`; pip only resolves, against PyPI (about a minute).
+gpu-constraints: $(STAMP)
+	$(BIN)/python -m phi3lab.azure.gpu_pins

@@ -4,7 +4,7 @@ Every training run is a folder under the runs root (``PHI3LAB_RUNS``, default ``
 
     runs/<run name>/
         config.yaml          the run's TrainConfig, written before the first step (the hand-off to notebooks 03-05)
-        checkpoint-N/        complete checkpoints (published by one rename from .staging/)
+        checkpoint-N/        complete checkpoints (published by one rename from .staging/), with launch.json
         .staging/            where Trainer writes a checkpoint until it is whole
         adapter/             the final LoRA adapter, with config.yaml, history.json and summary.json
     runs/azure/history.json  the Azure job's metrics (notebook 03)
@@ -27,6 +27,7 @@ from .paths import REPO_ROOT, repo_path
 
 RUNS_ENV = "PHI3LAB_RUNS"
 CONFIG_NAME, HISTORY_NAME, SUMMARY_NAME = "config.yaml", "history.json", "summary.json"
+LAUNCH_NAME = "launch.json"  # in each checkpoint: how many processes trained it, and the global batch
 ADAPTER_NAME, STAGING_NAME = "adapter", ".staging"
 CLASSIFIER_LABELS_NAME = "labels.json"  # an intent classifier's label map; marks a run as not a chat run
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")

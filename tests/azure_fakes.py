@@ -54,6 +54,11 @@ class StubCredential:
         return AccessTokenInfo(self.token, int(time.time()) + 3600)
 
 
+def _vm_size(name: str, family: str, vcpus: int, gpus: int) -> dict:
+    return {"name": name, "family": family, "vCPUs": vcpus, "gpus": gpus, "memoryGB": vcpus * 9,
+            "lowPriorityCapable": True, "premiumIO": True, "supportedComputeTypes": ["AmlCompute", "ComputeInstance"]}
+
+
 def error(status: int, code: str, message: str, headers: dict | None = None) -> Reply:
     return Reply(status, {"error": {"code": code, "message": message}}, headers or {})
 
@@ -83,6 +88,16 @@ class FakeAzure:
         self.jobs: dict[str, dict] = {}
         self.job_gets: dict[str, int] = {}
         self.metrics: dict[tuple[str, str], list[dict]] = {}
+        # Managed compute: the region's VM sizes, its quota as (in use, limit) vCPUs, the workspace's clusters.
+        self.vm_sizes = [_vm_size("Standard_NC24ads_A100_v4", "standardNCADSA100v4Family", 24, 1),
+                         _vm_size("Standard_NC48ads_A100_v4", "standardNCADSA100v4Family", 48, 2),
+                         _vm_size("Standard_NC4as_T4_v3", "standardNCASv3_T4Family", 4, 1),
+                         _vm_size("Standard_D4s_v3", "standardDSv3Family", 4, 0)]
+        self.quota = {("standardNCADSA100v4Family", "Standard NCADSA100v4 Family Cluster Dedicated vCPUs"): (0, 48),
+                      ("standardNCASv3_T4Family", "Standard NCASv3_T4 Family Cluster Dedicated vCPUs"): (0, 8),
+                      ("TotalCores", "Total Cluster Dedicated Regional vCPUs"): (0, 100),
+                      ("TotalLowPriorityCores", "Total Cluster LowPriority Regional vCPUs"): (0, 100)}
+        self.computes: dict[str, dict] = {}
         self.credential = StubCredential()
         self.transport = RecordingTransport(self._routes())
 
@@ -104,6 +119,12 @@ class FakeAzure:
             ("GET", ws + r"/data/(?P<name>[^/]+)/versions/(?P<version>[^/?]+)\?", self.data_get),
             ("PUT", ws + r"/data/(?P<name>[^/]+)/versions/(?P<version>[^/?]+)\?", self.data_put),
             ("PUT", ws + r"/jobs/(?P<name>[^/?]+)\?", self.job_put),
+            ("GET", r"/locations/(?P<location>[^/]+)/vmSizes\?", self.vm_size_list),
+            ("GET", r"/locations/(?P<location>[^/]+)/usages\?", self.usage_list),
+            ("GET", ws + r"/computes\?", self.compute_list),
+            ("GET", ws + r"/computes/(?P<name>[^/?]+)\?", self.compute_get),
+            ("PUT", ws + r"/computes/(?P<name>[^/?]+)\?", self.compute_put),
+            ("DELETE", ws + r"/computes/(?P<name>[^/?]+)\?", self.compute_delete),
             ("GET", ws + r"/jobs/(?P<name>[^/?]+)\?", self.job_get),
             ("GET", r"/history/v1\.0/.*/runs/(?P<name>[^/?]+)/details", self.run_details),
             ("*", r"^https://stphi3lab\.blob\.core\.windows\.net/", self.blob),
@@ -232,6 +253,47 @@ class FakeAzure:
         return Reply(200, {"runId": match["name"], "status": "Failed",
                            "error": {"error": {"code": "UserError", "message": self.job_error}}})
 
+    # ----- managed compute -------------------------------------------------------------------------
+    def vm_size_list(self, request, match) -> Reply:
+        return Reply(200, {"value": self.vm_sizes})
+
+    def usage_list(self, request, match) -> Reply:
+        value = [{"id": f"/subscriptions/{SUBSCRIPTION}/providers/Microsoft.MachineLearningServices/locations/"
+                        f"{match['location']}/usages/{name}", "amlWorkspaceLocation": match["location"],
+                  "type": "Microsoft.MachineLearningServices/vmFamily/usages", "unit": "Count",
+                  "currentValue": used, "limit": limit, "name": {"value": name, "localizedValue": label}}
+                 for (name, label), (used, limit) in self.quota.items()]
+        return Reply(200, {"value": value})
+
+    def add_cluster(self, name: str, vm_size: str, max_nodes: int = 2, min_nodes: int = 0, kind: str = "AmlCompute"):
+        self.computes[name] = {
+            "id": f"{WORKSPACE_PATH}/computes/{name}", "name": name, "location": self.region,
+            "type": "Microsoft.MachineLearningServices/workspaces/computes", "tags": {"course": "phi3lab"},
+            "properties": {"computeType": kind, "provisioningState": "Succeeded", "properties": {
+                "vmSize": vm_size, "vmPriority": "Dedicated",
+                "scaleSettings": {"minNodeCount": min_nodes, "maxNodeCount": max_nodes,
+                                  "nodeIdleTimeBeforeScaleDown": "PT10M"}}}}
+
+    def compute_list(self, request, match) -> Reply:
+        return Reply(200, {"value": list(self.computes.values())})
+
+    def compute_get(self, request, match) -> Reply:
+        if match["name"] not in self.computes:
+            return error(404, "ResourceNotFound", f"compute {match['name']} was not found")
+        return Reply(200, self.computes[match["name"]])
+
+    def compute_put(self, request, match) -> Reply:
+        body = json.loads(json.dumps(request.body))
+        body.update(id=request.path, name=match["name"], type="Microsoft.MachineLearningServices/workspaces/computes")
+        body["properties"]["provisioningState"] = "Succeeded"
+        self.computes[match["name"]] = body
+        return Reply(201, body)
+
+    def compute_delete(self, request, match) -> Reply:
+        if self.computes.pop(match["name"], None) is None:
+            return error(404, "ResourceNotFound", f"compute {match['name']} was not found")
+        return Reply(200, None)
+
     # ----- blob storage ------------------------------------------------------------------------
     def blob(self, request, match) -> Reply:
         path = request.path
@@ -249,8 +311,14 @@ class FakeAzure:
             return Reply(200, b'<?xml version="1.0" encoding="utf-8"?><EnumerationResults><Blobs/>'
                               b"<NextMarker/></EnumerationResults>", {"Content-Type": "application/xml"})
         if path in self.blobs:
-            return Reply(200, b"" if request.method == "HEAD" else self.blobs[path],
-                         {"Content-Length": str(len(self.blobs[path])), "x-ms-blob-type": "BlockBlob"})
+            data, headers = self.blobs[path], {"x-ms-blob-type": "BlockBlob"}
+            wanted = request.headers.get("x-ms-range") or request.headers.get("Range")
+            if request.method == "GET" and wanted:  # a download reads by ranges, as from the real service
+                first, last = (int(n) for n in wanted.split("=")[1].split("-"))
+                last = min(last, len(data) - 1)
+                return Reply(206, data[first:last + 1], {**headers, **stamp,
+                                                          "Content-Range": f"bytes {first}-{last}/{len(data)}"})
+            return Reply(200, b"" if request.method == "HEAD" else data, {**headers, "Content-Length": str(len(data))})
         return Reply(404, b"", {"x-ms-error-code": "BlobNotFound"})
 
     # ----- registry ----------------------------------------------------------------------------

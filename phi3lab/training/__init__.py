@@ -4,6 +4,8 @@
 - ``hf_objects``: the one mapping from ``TrainConfig`` to peft's ``LoraConfig`` and ``TrainingArguments``;
 - ``trainer``: checks, speed switches, throughput, ``train`` and its summary;
 - ``checkpoints``: atomic checkpoints and resume;
+- ``distributed``: which process am I (rank), its device, main-process-only writing, the global batch;
+- ``launch``: the command that starts one training process per GPU (DDP, FSDP, several machines);
 - ``artifacts``: loading, merging and reading a trained run;
 - ``planning``: steps, trainable parameters and a timed step, before training;
 - ``memory``: the memory planner (will it fit on this GPU, what makes it fit) and memory measurement.
@@ -33,6 +35,7 @@ _OWNERS = {
     "metered_trainer_class": "trainer", "sequence_lengths": "trainer", "peak_memory": "memory",
     "check_config": "trainer", "check_data": "trainer", "trainable_parameters": "trainer",
     "complete_checkpoints": "checkpoints", "resume_point": "checkpoints",
+    "ranks": "distributed", "is_main_process": "distributed", "launch_command": "launch",
     "load_trained": "artifacts", "merge_and_save": "artifacts", "load_merged": "artifacts",
     "read_summary": "artifacts",
     "RunPlan": "planning", "plan_run": "planning", "measure_step_seconds": "planning",

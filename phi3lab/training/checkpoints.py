@@ -20,21 +20,28 @@ from pathlib import Path
 from ..config import TrainConfig
 from ..errors import ConfigError
 from ..history import MetricsHistory
+from ..io import atomic_write_json
 from ..models import _safetensors_ok
-from ..runs import CHECKPOINT_RE, CONFIG_NAME, HISTORY_NAME, RunFolder
+from ..runs import CHECKPOINT_RE, CONFIG_NAME, HISTORY_NAME, LAUNCH_NAME, RunFolder
+from .distributed import barrier, is_main_process
 from .errors import notice
 
 KEEP_CHECKPOINTS = 2
 # What resume needs in a checkpoint: Trainer's state, the adapter, the optimiser, and our config and history.
-CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", CONFIG_NAME, HISTORY_NAME)
+CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", CONFIG_NAME, HISTORY_NAME)
+OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin")  # one of them: FSDP (full state dict) writes optimizer.bin
 # Fields whose change makes an old checkpoint a different run (bookkeeping fields may change).
 RUN_FIELDS = ("model", "train_file", "validation_file", "learning_rate", "epochs", "batch_size", "grad_accum",
               "max_seq_length", "max_steps", "warmup_ratio", "seed", "lora_r", "lora_alpha", "lora_dropout",
               "target_modules", "packing")
 
 
-def checkpoint_publisher(config: TrainConfig, run: RunFolder, history: MetricsHistory):
-    """A TrainerCallback that records the metrics history and publishes each finished checkpoint."""
+def checkpoint_publisher(config: TrainConfig, run: RunFolder, history: MetricsHistory, launch: dict | None = None):
+    """A TrainerCallback that records the metrics history and publishes each finished checkpoint.
+
+    With several processes each one writes its part (its RNG state) into the staged checkpoint; all wait
+    until every part is there, then the main process alone completes and publishes it.
+    """
     from transformers import TrainerCallback
 
     class CheckpointPublisher(TrainerCallback):
@@ -42,17 +49,22 @@ def checkpoint_publisher(config: TrainConfig, run: RunFolder, history: MetricsHi
             history.add_trainer_log(state.global_step, logs or {})
 
         def on_save(self, args, state, control, **kwargs):
-            publish_checkpoint(config, run, history, Path(args.output_dir), state.global_step)
+            barrier()
+            if is_main_process():
+                publish_checkpoint(config, run, history, Path(args.output_dir), state.global_step, launch)
 
     return CheckpointPublisher()
 
 
-def publish_checkpoint(config: TrainConfig, run: RunFolder, history: MetricsHistory, staging: Path, step: int) -> None:
+def publish_checkpoint(config: TrainConfig, run: RunFolder, history: MetricsHistory, staging: Path, step: int,
+                       launch: dict | None = None) -> None:
     """Complete the staged checkpoint of ``step``, rename it into the run folder, drop the oldest ones."""
     final = run.checkpoint_dir(step)
     staged = staging / final.name  # Trainer names its folder as the run does
     config.save(staged / CONFIG_NAME)
     history.save(staged / HISTORY_NAME)
+    if launch is not None:
+        atomic_write_json(staged / LAUNCH_NAME, launch)
     if final.exists():
         shutil.rmtree(final)
     os.replace(staged, final)
@@ -62,7 +74,8 @@ def publish_checkpoint(config: TrainConfig, run: RunFolder, history: MetricsHist
 
 def complete_checkpoints(run: RunFolder) -> list[Path]:
     """Published checkpoints holding everything resume needs, oldest first."""
-    return [path for path in run.checkpoint_dirs() if all((path / name).is_file() for name in CHECKPOINT_FILES)]
+    return [path for path in run.checkpoint_dirs() if all((path / name).is_file() for name in CHECKPOINT_FILES)
+            and any((path / name).is_file() for name in OPTIMIZER_FILES)]
 
 
 def checkpoint_problem(checkpoint: Path) -> str | None:

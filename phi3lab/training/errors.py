@@ -10,7 +10,10 @@ class TrainingError(Phi3LabError):
 
 
 def notice(message: str, notices: list[str] | None = None) -> None:
-    """A one-line note about a fallback (shown to the learner, kept in the run summary)."""
-    print(f"note: {message}")
+    """A one-line note about a fallback (shown to the learner once, by the main process; kept in the run summary)."""
+    from .distributed import is_main_process
+
+    if is_main_process():
+        print(f"note: {message}")
     if notices is not None:
         notices.append(message)

@@ -113,5 +113,7 @@ def training_arguments(config: TrainConfig, output_dir: str | Path, bf16: bool, 
         train_sampling_strategy="group_by_length",
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # several processes (DDP): every LoRA weight gets a gradient, so no search for unused ones each step
+        ddp_find_unused_parameters=False,
     )
     return TrainingArguments(**{**values, **overrides})

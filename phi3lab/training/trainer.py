@@ -21,6 +21,18 @@ from ..io import atomic_directory, atomic_write_json
 from ..runs import CONFIG_NAME, HISTORY_NAME, SUMMARY_NAME, RunFolder
 from .chat_format import load_splits, make_collator
 from .checkpoints import changed_fields, checkpoint_publisher, resume_point, step_of
+from .distributed import (
+    adapter_state_dict,
+    announce_launch,
+    barrier,
+    check_same_processes,
+    describe_launch,
+    join,
+    launch_record,
+    launch_summary,
+    on_main,
+    ranks,
+)
 from .errors import TrainingError, notice
 from .hf_objects import add_lora, device_precision_arguments, speed_arguments, training_arguments
 from .memory import (
@@ -249,30 +261,30 @@ def out_of_memory_error(exc: Exception, config: TrainConfig, device) -> Training
 
 # ----- the one entry point -------------------------------------------------------------------------
 def train(config: TrainConfig, callbacks=None, resume: bool = True, progress: bool = True) -> TrainResult:
-    """Fine-tune ``config.model`` with LoRA into ``config.run``; resume from its last complete checkpoint."""
+    """Fine-tune ``config.model`` with LoRA into ``config.run``; resume from its last complete checkpoint.
+
+    Launched as several processes (``accelerate launch``, torchrun, Azure ML), each process trains on its GPU
+    (its local rank) and its share of the data; the main process alone writes the run folder.
+    """
     import torch
 
     from ..devices import detect_device
-    from ..models import load_tokenizer, pick_device
+    from ..models import load_tokenizer
 
     notices: list[str] = []
     config = check_config(config)
     check_data(config)
-    device = pick_device()
+    place = ranks()
+    device = join(place)  # before the model loads: GPU k for local rank k
     device_info = detect_device()
     config = replan_for_device(config, device_info, notices)
     speed = resolve_speed(config, device, notices)
     run = config.run
-    run.folder.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(run.staging_dir, ignore_errors=True)  # leftovers of an interrupted save are never trusted
-    done = finished_run(config, run) if resume else None
+    launch = announce_launch(launch_record(config, place), notices)
+    done, start_from = on_main(prepare_run, config, run, resume, place, notices)
     if done is not None:
-        notice(f"this run already finished in {run.folder}; showing its saved result (train(config, resume=False) "
-               f"trains again)")
         _share_history(callbacks, done.history, finished=True)
         return done
-    start_from = resume_point(config, run, resume, notices)
-    config.save(run.config_file)  # the hand-off notebooks 03-05 read, there before the first step
 
     tokenizer = load_tokenizer(config.model)
     tokenizer.padding_side = "right"  # left padding in training is a known cause of zero/NaN loss
@@ -284,7 +296,7 @@ def train(config: TrainConfig, callbacks=None, resume: bool = True, progress: bo
         history.records = MetricsHistory.load(start_from / HISTORY_NAME).records
     _share_history(callbacks, history)
     trainer = build_trainer(config, model, tokenizer, train_set, eval_set, run.staging_dir, speed,
-                            [checkpoint_publisher(config, run, history), *(callbacks or [])], progress,
+                            [checkpoint_publisher(config, run, history, launch), *(callbacks or [])], progress,
                             baseline_eval=start_from is None)  # a resumed run already has its step-0 point
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -296,12 +308,33 @@ def train(config: TrainConfig, callbacks=None, resume: bool = True, progress: bo
     except torch.cuda.OutOfMemoryError as exc:
         raise out_of_memory_error(exc, config, device_info) from None
     wall = time.perf_counter() - began
-    shutil.rmtree(run.staging_dir, ignore_errors=True)
 
     summary = run_summary(config, trainer, model, device, speed, history, notices, start_from, wall)
     summary["memory"] = memory_summary(config, device_info, before, trainer.meter.largest_batch)
-    save_adapter(run, config, model, tokenizer, history, summary)
+    summary.update(launch_summary(launch, summary))
+    state_dict = adapter_state_dict(trainer)  # FSDP: gathered by every process
+    if place.main:
+        shutil.rmtree(run.staging_dir, ignore_errors=True)
+        save_adapter(run, config, model, tokenizer, history, summary, state_dict)
+    barrier()  # the other processes return once the adapter is there
     return TrainResult(output_dir=run.folder, adapter_dir=run.adapter_dir, history=history, summary=summary)
+
+
+def prepare_run(config: TrainConfig, run: RunFolder, resume: bool, place, notices: list[str]):
+    """The run folder made ready (on the main process only): (the saved result if this run already finished,
+    None) or (None, the checkpoint to resume from or None); old checkpoints go when starting over."""
+    run.folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(run.staging_dir, ignore_errors=True)  # leftovers of an interrupted save are never trusted
+    done = finished_run(config, run) if resume else None
+    if done is not None:
+        notice(f"this run already finished in {run.folder}; showing its saved result (train(config, resume=False) "
+               f"trains again)")
+        return done, None
+    start_from = resume_point(config, run, resume, notices)
+    if start_from is not None:
+        check_same_processes(start_from, place)
+    config.save(run.config_file)  # the hand-off notebooks 03-05 read, there before the first step
+    return None, start_from
 
 
 def finished_run(config: TrainConfig, run: RunFolder) -> TrainResult | None:
@@ -313,10 +346,11 @@ def finished_run(config: TrainConfig, run: RunFolder) -> TrainResult | None:
 
 
 def save_adapter(run: RunFolder, config: TrainConfig, model, tokenizer, history: MetricsHistory,
-                 summary: dict) -> None:
-    """The final adapter with its tokenizer, config, history and summary, published in one rename."""
+                 summary: dict, state_dict: dict | None = None) -> None:
+    """The final adapter with its tokenizer, config, history and summary, published in one rename
+    (``state_dict``: the adapter weights gathered from all processes, when FSDP shards them)."""
     with atomic_directory(run.adapter_dir) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
         tokenizer.save_pretrained(tmp)
         config.save(tmp / CONFIG_NAME)
         history.save(tmp / HISTORY_NAME)
@@ -358,6 +392,7 @@ def describe_summary(summary: dict) -> str:
         f"steps: {summary['steps']} (resumed from step {summary['resumed_from_step']})" if summary["resumed_from_step"]
         else f"steps: {summary['steps']}",
         f"device: {summary['device']} ({summary['dtype']})",
+        *([describe_launch(summary)] if "global_batch_size" in summary else []),
         f"non-pad tokens/s: {summary['non_pad_tokens_per_second']:,.0f} ({summary['trained_tokens']:,} tokens)",
         *memory,
         f"wall time: {summary['wall_seconds'] / 60:.1f} min",
