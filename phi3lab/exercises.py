@@ -263,19 +263,19 @@ def _attention_targets(answer, model: str = "phi3-tiny-offline") -> Feedback:
 LR_CHOICES = ("a", "b", "c")
 
 
-@exercise("learning_rate_1e-2", "02", "pick 'a', 'b' or 'c': what does learning rate 1e-2 (50 times the default) do "
-          "to the loss curve?", lambda: "b")
-def _learning_rate(answer) -> Feedback:
+@exercise("tiny_learning_rate", "02", "pick 'a', 'b' or 'c': what does learning rate 1e-5 (50 times below the lab's "
+          "5e-4) do to a short run's loss curve?", lambda: "b")
+def _tiny_learning_rate(answer) -> Feedback:
     if answer not in LR_CHOICES:
         return Feedback(False, f"answer with one letter: {', '.join(map(repr, LR_CHOICES))}")
     if answer == "a":
-        return Feedback(False, "a larger step is not a faster descent once it overshoots: each update jumps past the "
-                               "valley it aims for")
+        return Feedback(False, "each update is 50 times smaller: in the same 30 steps the weights travel 50 times "
+                               "less far")
     if answer == "c":
-        return Feedback(False, "1e-2 is 50 times the default: the weights change a lot, too much rather than too "
-                               "little")
-    return Feedback(True, "steps that large overshoot: the loss jumps around and the validation loss ends above "
-                          "where it started. Notebook 04's loss lab runs exactly this (run C), so you can see it.")
+        return Feedback(False, "diverging comes from steps that are too large and overshoot, not from steps that are "
+                               "too small")
+    return Feedback(True, "steps that small barely move the adapters: both losses stay near where they started. "
+                          "Notebook 04's loss lab runs exactly this (run C), next to a healthy run.")
 
 
 def lora_pair(model, layer: str = "qkv_proj"):
@@ -385,12 +385,12 @@ def _times(count: int) -> str:
     return f"{count} time{'' if count == 1 else 's'}"
 
 
-LAB_ANSWERS = {"A": "healthy", "B": "overfitting", "C": "unstable"}
+LAB_ANSWERS = {"A": "healthy", "B": "overfitting", "C": "too slow"}
 LAB_WHY = {
     "A": "(A) the baseline: a moderate learning rate on varied data, so both losses fall together.",
     "B": "(B) ten passes over 8 conversations: it memorises them, so the training loss keeps falling while the "
          "validation loss turns up.",
-    "C": "(C) learning rate 1e-2 overshoots: the training loss jumps and the validation loss ends above its start.",
+    "C": "(C) learning rate 1e-5 moves the adapters 50 times less per step: in 30 steps both losses barely move.",
 }
 
 

@@ -240,7 +240,7 @@ LAB_BASE = {"batch_size": 2, "max_steps": 30, "max_seq_length": 256}  # on top o
 LOSS_LAB = {  # named by letter, so the name gives nothing away before the learner predicts
     "A": {},
     "B": {"train_subset": 8, "epochs": 10, "max_steps": -1},
-    "C": {"learning_rate": 1e-2},
+    "C": {"learning_rate": 1e-5},
 }
 LAB_VALIDATION = 8  # conversations the lab's validation loss is scored on
 LAB_EVAL_EVERY = 10

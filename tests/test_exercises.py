@@ -72,12 +72,12 @@ WRONG = {
     "own_conversation": {"messages": [{"role": "system", "content": SYSTEM_PROMPT},
                                       {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
     "attention_targets": ["q_proj", "v_proj"],
-    "learning_rate_1e-2": "a",
+    "tiny_learning_rate": "c",
     "lora_parameters": 4 * 4,
     "job_hyperparameters": {"learning_rate": 0.0001, "num_train_epochs": 2, "per_device_train_batch_size": 8},
     "job_request": {"method": "POST", "api_version": "2024-10-01-preview"},
     "confused_intents": ("network_wifi", "off_topic_opinion"),
-    "loss_patterns": {"A": "healthy", "B": "unstable", "C": "overfitting"},
+    "loss_patterns": {"A": "healthy", "B": "unstable", "C": "too slow"},
     "perplexity_from_loss": 2.0,
     "client_call": lambda client, question: client.chat.completions.create(
         model="phi3lab", messages=[{"role": "robot", "content": question}], max_tokens=60),
@@ -118,8 +118,8 @@ def test_an_answer_of_the_wrong_type_gets_a_hint_not_an_error(name, contexts):
 
 
 def test_check_prints_pass_or_hint(capsys):
-    exercises.check("learning_rate_1e-2", "b")
-    exercises.check("learning_rate_1e-2", ...)
+    exercises.check("tiny_learning_rate", "b")
+    exercises.check("tiny_learning_rate", ...)
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("PASS: ") and out[1].startswith("HINT: ")
 
