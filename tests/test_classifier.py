@@ -77,7 +77,7 @@ def test_labels_that_do_not_match_the_data_name_the_problem(data, tmp_path):
 def test_empty_data_is_a_clear_error(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "empty_labels.jsonl").write_text("")
-    with pytest.raises(classifier.ClassifierError, match="has no conversations"):
+    with pytest.raises(DataError, match="holds no conversations"):  # one clear message, from the data reader
         classifier.load_intents(tmp_path / "empty.jsonl", tmp_path / "empty_labels.jsonl")
 
 

@@ -123,7 +123,7 @@ def test_compare_without_a_base_model_says_how_to_get_one(tiny, conversations):
 # ----- bad input ---------------------------------------------------------------------------------------------
 def test_empty_validation_set_is_a_clear_error(tmp_path):
     (tmp_path / "validation.jsonl").write_text("\n")
-    with pytest.raises(evaluation.EvaluationError, match="has no conversations"):
+    with pytest.raises(Phi3LabError, match="holds no conversations"):  # one clear message, from the data reader
         evaluation.load_validation(tmp_path / "validation.jsonl")
 
 
