@@ -6,6 +6,7 @@ model, as the course evaluates it) and with the run's exports, and reports for e
 * **first N tokens = PyTorch's**: the share of prompts whose first ``prefix_tokens`` generated tokens (fewer
   when the reply ends sooner, its end-of-turn token included) are exactly PyTorch's. fp32 should be
   (almost) always; int4 rounds every weight to 16 levels per block of 32, so its replies drift;
+  **tokens agreeing** says how soon: the mean number of those tokens before the first difference;
 * **token F1** and **ROUGE-L** of the replies against the reference answers;
 * **perplexity** of the reference answers (teacher forcing on the assistant tokens, as
   ``evaluation.language_metrics``): the quality cost of int4 without the noise of greedy decoding;
@@ -47,7 +48,7 @@ class BackendResult:
         return sum(map(len, self.reply_ids)) / self.seconds if self.seconds else float("nan")
 
 
-@dataclass
+@dataclass(repr=False)
 class FidelityReport:
     pytorch: BackendResult
     exports: list[BackendResult]
@@ -59,12 +60,19 @@ class FidelityReport:
         n = self.prefix_tokens
         return [a[:n] == b[:n] for a, b in zip(self.pytorch.reply_ids, result.reply_ids, strict=True)]
 
+    def agreeing(self, result: BackendResult) -> list[int]:
+        """Per prompt: how many of the first ``prefix_tokens`` tokens agree with PyTorch's before the first difference."""
+        n = self.prefix_tokens
+        return [len(os.path.commonprefix([a[:n], b[:n]])) for a, b in zip(self.pytorch.reply_ids, result.reply_ids,
+                                                                          strict=True)]
+
     def rows(self) -> list[dict]:
         rows = []
         for result in (self.pytorch, *self.exports):
             matched = self.matches(result)
             rows.append({"backend": result.backend,
                          f"first {self.prefix_tokens} tokens = PyTorch's": sum(matched) / len(matched),
+                         "tokens agreeing (mean)": _mean(self.agreeing(result)),
                          "token F1": _mean(map(token_f1, result.replies, self.references)),
                          "ROUGE-L": _mean(map(rouge_l, result.replies, self.references)),
                          "perplexity": result.language.perplexity, "tokens/s": result.tokens_per_s,
@@ -80,6 +88,8 @@ class FidelityReport:
 
     def __str__(self) -> str:
         return self.table()
+
+    __repr__ = __str__  # the table, not every reply's token ids
 
     def _repr_html_(self) -> str:
         rows = self.rows()
