@@ -19,8 +19,8 @@ files, the base model's files, the options, the builder's version): exporting an
 finds the manifest and returns at once.
 
 ``load_export(folder)`` loads an export for generating: ``OnnxChatModel.generate`` (replies to
-conversations, as ``phi3lab.generation.generate``) and ``generate_ids`` (token ids, batched, with a
-callback per token, which the local endpoint streams from).
+conversations, as ``phi3lab.generation.generate``) and ``generate_ids`` (token ids for several prompts at once,
+with a callback per token, which the local endpoint streams from).
 """
 
 from __future__ import annotations
@@ -434,23 +434,25 @@ class OnnxChatModel:
         # The full vocabulary for top_k: OpenAI's API has no top-k, and the builder's default is 50.
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": len(self.tokenizer)} \
             if temperature > 0 else {"do_sample": False}
-        generators = []
-        for prompt, limit in zip(prompts, limits, strict=True):
-            generator = self._generator(max_length=min(len(prompt) + limit, self.context_length), **sampling)
-            generator.append_tokens(np.array(prompt, dtype=np.int32))
-            generators.append(generator)
-        replies: list[list[int]] = [[] for _ in prompts]
-        open_rows = list(range(len(prompts)))
+        generators, replies = [], [[] for _ in prompts]
+
+        def step(row: int) -> bool:
+            """One more token for ``row``; False once its reply has ended."""
+            generators[row].generate_next_token()
+            token = int(generators[row].get_next_tokens()[0])
+            replies[row].append(token)
+            if on_token is not None:
+                on_token(row, token)
+            return not (token in self.stop_ids or len(replies[row]) >= limits[row] or generators[row].is_done())
+
+        open_rows = []
+        for row, (prompt, limit) in enumerate(zip(prompts, limits, strict=True)):
+            generators.append(self._generator(max_length=min(len(prompt) + limit, self.context_length), **sampling))
+            generators[row].append_tokens(np.array(prompt, dtype=np.int32))
+            if step(row):  # its first token at once, before the next prompt is read: streams start sooner
+                open_rows.append(row)
         while open_rows:
-            for row in list(open_rows):
-                generator = generators[row]
-                generator.generate_next_token()
-                token = int(generator.get_next_tokens()[0])
-                replies[row].append(token)
-                if on_token is not None:
-                    on_token(row, token)
-                if token in self.stop_ids or len(replies[row]) >= limits[row] or generator.is_done():
-                    open_rows.remove(row)
+            open_rows = [row for row in open_rows if step(row)]
         return replies
 
     def next_token_logits(self, ids: list[int], positions: list[int]):

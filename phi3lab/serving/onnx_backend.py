@@ -2,9 +2,10 @@
 ONNX Runtime GenAI, behind the same OpenAI routes as the PyTorch backend.
 
 ``OnnxBatchingGenerator`` is the app's ``BatchingGenerator`` (one worker thread, queued requests with the same
-sampling settings answered as one batch, streaming through ``on_token``) with ONNX Runtime GenAI doing the
-generating: ``OnnxChatModel.generate_ids`` takes the batch right-padded, gives each row its own limit, and
-reports each token as it is made. On a CPU it is several times faster than PyTorch in fp32, in int4 more so
+sampling settings taken together, streaming through ``on_token``) with ONNX Runtime GenAI doing the
+generating: ``OnnxChatModel.generate_ids`` steps one generator per request in turn (the export computes
+logits for a prompt's last token only, which cannot be combined with a padded batch), gives each its own
+limit, and reports each token as it is made. On a CPU it is several times faster than PyTorch in fp32, in int4 more so
 (``benchmarks/endpoint_load.py --backends`` measures it).
 """
 
