@@ -6,6 +6,7 @@ A 2-layer random Phi-3 with a random LoRA adapter stands in for a trained run, s
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -76,6 +77,26 @@ def test_fp32_export_answers_token_for_token_like_pytorch(fp32_export, pytorch_m
     model, _ = pytorch_model
     expected = [_pytorch_tokens(model, onnx.stop_ids, p) for p in prompts]
     assert onnx.generate_ids(prompts, NEW_TOKENS) == expected  # one batch of three prompts of different lengths
+
+
+def test_prompts_that_start_alike_reuse_the_cached_start_and_answer_the_same(fp32_export, pytorch_model):
+    onnx = load_export(fp32_export.folder)
+    system = {"role": "system", "content": "You answer questions about Xbox consoles, briefly and politely."}
+    chats = [[system, {"role": "user", "content": question}]
+             for question in ("My controller will not pair.", "Is the Series X loud?", "How do I update it?")]
+    prompts = [onnx.encode(c) for c in chats]
+    model, _ = pytorch_model
+    expected = [_pytorch_tokens(model, onnx.stop_ids, p) for p in prompts]
+    assert onnx.generate_ids(prompts[:1], NEW_TOKENS) == expected[:1]
+    assert onnx.prompt_tokens_reused == 0
+    assert onnx.generate_ids(prompts[1:], NEW_TOKENS) == expected[1:]  # the first after a rewind to the system prompt
+    system_prompt = len(os.path.commonprefix([prompts[0], prompts[1]]))
+    assert system_prompt > 16 and onnx.prompt_tokens_reused == system_prompt  # one kept generator: one reuse
+    follow_up = chats[0] + [{"role": "assistant", "content": onnx.decode(expected[0])},
+                            {"role": "user", "content": "And the headset?"}]
+    prompt = onnx.encode(follow_up)
+    assert onnx.generate_ids([prompt], NEW_TOKENS) == [_pytorch_tokens(model, onnx.stop_ids, prompt)]
+    assert onnx.generate_ids([prompts[0]], NEW_TOKENS) == expected[:1]  # the whole prompt was cached: re-read its end
 
 
 def test_export_carries_the_runs_tokenizer_template_and_end_of_turn(fp32_export, run):
