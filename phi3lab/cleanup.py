@@ -3,7 +3,8 @@
 ``local_cleanup()`` lists what it would remove and the space it would free; ``confirm=True``
 does it. Categories are opt-in per call: ``servers`` (running local endpoints started by any
 notebook or script, plus their logs), ``checkpoints`` (intermediate ``checkpoint-N`` folders of
-training runs; the final adapter stays), ``runs`` (everything under the runs root, adapters
+training runs; the final adapter stays), ``exports`` (ONNX exports of runs, hundreds of MB each; ``phi3lab
+export`` builds one again from the run), ``runs`` (everything under the runs root, adapters
 included) and ``caches`` (the converted offline model; rebuilt in about 30 s when needed).
 Where things are comes from ``phi3lab.runs`` (``PHI3LAB_RUNS``, read at call time) and the
 server records from ``phi3lab.serving.process``.
@@ -96,16 +97,21 @@ def _checkpoint_items() -> list[Item]:
     return [Item("checkpoint", p, folder_size(p), _shown(p)) for p in folders]
 
 
+def _export_items() -> list[Item]:
+    folders = [run.exports_dir for run in training_runs(finished_only=False) if run.exports_dir.is_dir()]
+    return [Item("export", p, folder_size(p), f"{_shown(p)} (rebuilt by phi3lab export)") for p in folders]
+
+
 def plan_local_cleanup(servers: bool = True, checkpoints: bool = True, runs: bool = False,
-                       caches: bool = False) -> list[Item]:
+                       caches: bool = False, exports: bool = True) -> list[Item]:
     """What ``local_cleanup`` would remove, with sizes (reads only)."""
     items = _server_items() if servers else []
     root = runs_root()
     if runs and root.exists():
         items += [Item("runs", p, folder_size(p), f"{_shown(p)} (adapters, logs, outputs)")
                   for p in sorted(root.iterdir()) if p != server_dir()]
-    elif checkpoints:
-        items += _checkpoint_items()
+    else:
+        items += (_checkpoint_items() if checkpoints else []) + (_export_items() if exports else [])
     if caches and cache_dir().exists():
         items.append(Item("cache", cache_dir(), folder_size(cache_dir()),
                           f"{cache_dir()} (converted offline model; rebuilt on next use)"))
@@ -113,10 +119,10 @@ def plan_local_cleanup(servers: bool = True, checkpoints: bool = True, runs: boo
 
 
 def local_cleanup(servers: bool = True, checkpoints: bool = True, runs: bool = False, caches: bool = False,
-                  confirm: bool = False) -> LocalCleanupReport:
+                  exports: bool = True, confirm: bool = False) -> LocalCleanupReport:
     """List (default) or, with ``confirm=True``, remove the chosen categories; says how much space is freed."""
     act = strict_confirm(confirm)
-    items = plan_local_cleanup(servers, checkpoints, runs, caches)
+    items = plan_local_cleanup(servers, checkpoints, runs, caches, exports)
     if act:
         for item in items:
             item.outcome = _remove(item)

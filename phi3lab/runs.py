@@ -97,9 +97,14 @@ class RunFolder:
         """Where ``merge_and_save`` puts the standalone model (base weights with the adapter folded in)."""
         return self.folder / "merged"
 
+    @property
+    def exports_dir(self) -> Path:
+        """Where ``phi3lab.export`` writes the run's exports."""
+        return self.folder / "exports"
+
     def export_dir(self, variant: str) -> Path:
-        """Where ``phi3lab.export`` writes one export of the run: ``exports/<variant>`` (e.g. ``onnx-int4-cpu``)."""
-        return self.folder / "exports" / variant
+        """One export of the run: ``exports/<variant>`` (e.g. ``onnx-int4-cpu``)."""
+        return self.exports_dir / variant
 
     @property
     def history_file(self) -> Path:

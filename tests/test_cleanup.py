@@ -82,5 +82,18 @@ def test_checkpoints_of_every_run_are_listed_as_the_learner_knows_them(tree):
     assert shown == ["runs/lora/checkpoint-10", "runs/lora/checkpoint-20", "runs/nested/run2/checkpoint-5"]
 
 
+def test_exports_are_listed_and_removed_unless_kept(tree):
+    runs, _ = tree
+    export = runs / "lora" / "exports" / "onnx-int4-cpu"
+    export.mkdir(parents=True)
+    (export / "model.onnx.data").write_bytes(b"x" * 4000)
+    exports = [i for i in local_cleanup().items if i.kind == "export"]
+    assert [i.what for i in exports] == ["runs/lora/exports (rebuilt by phi3lab export)"] and exports[0].size == 4000
+    local_cleanup(checkpoints=False, exports=False, confirm=True)
+    assert export.exists()
+    local_cleanup(checkpoints=False, confirm=True)
+    assert not (runs / "lora" / "exports").exists() and (runs / "lora" / "checkpoint-10").exists()
+
+
 def test_human_size():
     assert [human_size(n) for n in (5, 2048, 3 * 1024**3)] == ["5 B", "2.0 KB", "3.0 GB"]
