@@ -355,16 +355,21 @@ def _is_export_folder(source) -> bool:
     return isinstance(source, (str, os.PathLike)) and (Path(source) / "genai_config.json").is_file()
 
 
-# Generators kept for their cached prompt tokens (one per request of a full batch of the local endpoint), and
-# the fewest shared tokens worth a rewind rather than a fresh generator.
+# Generators kept for their cached prompt tokens: at most one per request of a full batch of the local endpoint,
+# and at most this many bytes of keys and values together (ONNX Runtime GenAI allocates a generator's cache for
+# its whole max_length up front). A generator is made for its prompt, its reply and this many tokens more, so a
+# later prompt of about the same length fits. Fewer shared tokens than MIN_SHARED_TOKENS are read afresh.
 KEPT_GENERATORS = 8
+KEPT_CACHE_BYTES = 1 << 30
+REUSE_HEADROOM_TOKENS = 256
 MIN_SHARED_TOKENS = 8
 
 
 @dataclass
-class _KeptGenerator:
+class _CachedGenerator:
+    generator: object  # an onnxruntime_genai.Generator
     sampling: tuple
-    generator: object
+    max_length: int  # prompt and reply together, at most
     tokens: list[int]  # the tokens whose keys and values it holds
 
 
@@ -402,8 +407,12 @@ class OnnxChatModel:
         self.config = SimpleNamespace(max_position_embeddings=self.context_length)
         self.generation_config = SimpleNamespace(eos_token_id=self.stop_ids)
         self.manifest = _read_manifest(self.folder)
+        decoder = genai["decoder"]
+        value_bytes = 2 if self.manifest.get("device") == "cuda" else 4  # fp16 on CUDA, fp32 on a CPU
+        self.cache_bytes_per_token = (2 * decoder["num_hidden_layers"] * decoder["num_key_value_heads"]
+                                      * decoder["head_size"] * value_bytes)
         self.adapters = None
-        self._kept: list[_KeptGenerator] = []
+        self._kept: list[_CachedGenerator] = []
         self.prompt_tokens_read = self.prompt_tokens_reused = 0
         if use_adapter and self.manifest.get("adapter_file"):
             self.adapters = og.Adapters(self.model)
@@ -452,8 +461,8 @@ class OnnxChatModel:
 
         def step(row: int) -> bool:
             """One more token for ``row``; False once its reply has ended."""
-            generators[row].generate_next_token()
-            token = int(generators[row].get_next_tokens()[0])
+            generators[row].generator.generate_next_token()
+            token = int(generators[row].generator.get_next_tokens()[0])
             replies[row].append(token)
             if on_token is not None:
                 on_token(row, token)
@@ -462,16 +471,17 @@ class OnnxChatModel:
 
         open_rows = []
         for row, prompt in enumerate(prompts):
-            generators.append(self._read_prompt(prompt, sampling))
+            generators.append(self._read_prompt(prompt, limits[row], sampling))
             if step(row):  # its first token at once, before the next prompt is read: streams start sooner
                 open_rows.append(row)
         while open_rows:
             open_rows = [row for row in open_rows if step(row)]
-        for generator, prompt, reply in zip(generators, prompts, replies, strict=True):
-            self._keep(generator, sampling, prompt + reply)
+        for cached, prompt, reply in zip(generators, prompts, replies, strict=True):
+            cached.tokens = prompt + reply[:-1]  # the last token was generated but not yet read
+            self._keep(cached)
         return replies
 
-    def _read_prompt(self, prompt: list[int], sampling: dict):
+    def _read_prompt(self, prompt: list[int], limit: int, sampling: dict) -> _CachedGenerator:
         """A generator that has read ``prompt``. A kept generator whose tokens start the same way (the same
         system prompt, or the earlier turns of the same chat) is rewound to the shared start and reads only the
         rest: its keys and values for the shared tokens are still valid, and reading the prompt was most of a
@@ -479,30 +489,35 @@ class OnnxChatModel:
         no prefix cache of its own, so this is the cache."""
         import numpy as np
 
-        key = tuple(sorted(sampling.items()))
+        key, needed = tuple(sorted(sampling.items())), min(len(prompt) + limit, self.context_length)
         best, shared = None, 0
         for kept in self._kept:
-            common = len(os.path.commonprefix([kept.tokens, prompt])) if kept.sampling == key else 0
+            fits = kept.sampling == key and kept.max_length >= needed
+            common = len(os.path.commonprefix([kept.tokens, prompt])) if fits else 0
             if common > shared:
                 best, shared = kept, common
         # At least one prompt token is read, so there are logits for the first new token.
         shared = min(shared, len(prompt) - 1)
         if best is not None and shared >= MIN_SHARED_TOKENS:
             self._kept.remove(best)
-            generator = best.generator
-            generator.rewind_to(shared)
+            cached = best
+            cached.generator.rewind_to(shared)
         else:
-            generator, shared = self._generator(max_length=self.context_length, **sampling), 0
-        generator.append_tokens(np.array(prompt[shared:], dtype=np.int32))
+            max_length = min(needed + REUSE_HEADROOM_TOKENS, self.context_length)
+            cached = _CachedGenerator(self._generator(max_length=max_length, **sampling), key, max_length, [])
+            shared = 0
+        cached.generator.append_tokens(np.array(prompt[shared:], dtype=np.int32))
         self.prompt_tokens_read += len(prompt) - shared
         self.prompt_tokens_reused += shared
-        return generator
+        return cached
 
-    def _keep(self, generator, sampling: dict, tokens: list[int]) -> None:
-        """Keep ``generator`` for a later prompt; the newest ``KEPT_GENERATORS`` are kept. Its last token was
-        generated but not yet read, so only the tokens before it are in its cache."""
-        self._kept.append(_KeptGenerator(tuple(sorted(sampling.items())), generator, tokens[:-1]))
-        del self._kept[:-KEPT_GENERATORS]
+    def _keep(self, cached: _CachedGenerator) -> None:
+        """Keep a generator for a later prompt; the newest are kept, within ``KEPT_GENERATORS`` and
+        ``KEPT_CACHE_BYTES``."""
+        self._kept.append(cached)
+        while len(self._kept) > KEPT_GENERATORS or (
+                sum(kept.max_length for kept in self._kept) * self.cache_bytes_per_token > KEPT_CACHE_BYTES):
+            del self._kept[0]
 
     def next_token_logits(self, ids: list[int], positions: list[int]):
         """Teacher forcing: for each position ``t`` (ascending, from 1), the logits predicting ``ids[t]`` from

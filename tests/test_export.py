@@ -99,6 +99,17 @@ def test_prompts_that_start_alike_reuse_the_cached_start_and_answer_the_same(fp3
     assert onnx.generate_ids([prompts[0]], NEW_TOKENS) == expected[:1]  # the whole prompt was cached: re-read its end
 
 
+def test_kept_generators_stay_within_their_cache_budget(fp32_export, monkeypatch):
+    import phi3lab.export as export
+
+    onnx = load_export(fp32_export.folder)
+    prompts = [onnx.encode(c) for c in CONVERSATIONS[:2]]
+    monkeypatch.setattr(export, "KEPT_CACHE_BYTES", onnx.cache_bytes_per_token * 10)  # less than one generator
+    onnx.generate_ids(prompts, NEW_TOKENS)
+    onnx.generate_ids(prompts, NEW_TOKENS)
+    assert onnx.prompt_tokens_reused == 0 and onnx.prompt_tokens_read == 2 * sum(map(len, prompts))
+
+
 def test_export_carries_the_runs_tokenizer_template_and_end_of_turn(fp32_export, run):
     folder = fp32_export.folder
     assert folder == run / "exports" / "onnx-fp32-cpu"
