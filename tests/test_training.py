@@ -129,6 +129,15 @@ def test_invalid_data_is_refused_with_its_line(tmp_path):
     assert not config.run.adapter_dir.exists()
 
 
+def test_a_runs_root_that_is_a_file_is_a_clear_error(tmp_path, monkeypatch):
+    blocker = tmp_path / "runs-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("PHI3LAB_RUNS", str(blocker))
+    with pytest.raises(TrainingError, match="runs-file is a file, where a folder is needed"):
+        train(tiny_config(tmp_path))
+    assert blocker.read_text() == "not a folder"
+
+
 def test_unknown_target_modules_list_the_real_ones(tmp_path):
     config = tiny_config(tmp_path, target_modules=["q_proj", "v_proj"])
     with pytest.raises(TrainingError) as caught:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import TrainConfig
+from ..errors import file_errors
 from ..history import MetricsHistory
 from ..io import atomic_directory, atomic_write_json
 from ..runs import CONFIG_NAME, HISTORY_NAME, SUMMARY_NAME, RunFolder
@@ -323,7 +324,8 @@ def train(config: TrainConfig, callbacks=None, resume: bool = True, progress: bo
 def prepare_run(config: TrainConfig, run: RunFolder, resume: bool, place, notices: list[str]):
     """The run folder made ready (on the main process only): (the saved result if this run already finished,
     None) or (None, the checkpoint to resume from or None); old checkpoints go when starting over."""
-    run.folder.mkdir(parents=True, exist_ok=True)
+    with file_errors(run.folder, "create", TrainingError):
+        run.folder.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(run.staging_dir, ignore_errors=True)  # leftovers of an interrupted save are never trusted
     done = finished_run(config, run) if resume else None
     if done is not None:
