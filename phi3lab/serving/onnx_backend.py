@@ -5,7 +5,8 @@ ONNX Runtime GenAI, behind the same OpenAI routes as the PyTorch backend.
 sampling settings taken together, streaming through ``on_token``) with ONNX Runtime GenAI doing the
 generating: ``OnnxChatModel.generate_ids`` steps one generator per request in turn (the export computes
 logits for a prompt's last token only, which cannot be combined with a padded batch), gives each its own
-limit, and reports each token as it is made. On a CPU it is several times faster than PyTorch in fp32, in int4 more so
+limit, and reports each token as it is made. Generators are kept between requests, so a prompt that starts
+like an earlier one (the same system prompt, or the same chat one turn later) reads only its new tokens. On a CPU it is several times faster than PyTorch in fp32, in int4 more so
 (``benchmarks/endpoint_load.py --backends`` measures it).
 """
 
