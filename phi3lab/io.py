@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,3 +148,18 @@ def read_yaml_mapping(path: str | os.PathLike, error: type[Exception], redact=la
         raise error(f"{path} must hold a mapping of setting: value, got {type(data).__name__}")
     return data
 
+
+def safetensors_complete(path: Path) -> bool:
+    """Whether a safetensors file was written whole: its header parses and the file is as long as the header
+    says. Hand-written because the safetensors library only finds a truncated file when it loads the weights."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            header_len = struct.unpack("<Q", handle.read(8))[0]
+            if header_len <= 0 or header_len > size:
+                return False
+            header = json.loads(handle.read(header_len))
+        end = max(v["data_offsets"][1] for k, v in header.items() if k != "__metadata__")
+        return size == 8 + header_len + end
+    except (OSError, ValueError, KeyError, struct.error):
+        return False

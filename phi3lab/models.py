@@ -13,13 +13,13 @@ import importlib.util
 import json
 import os
 import socket
-import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 from .devices import detect_device, pick_device, pick_dtype, quantization_unavailable
 from .errors import ModelUnavailableError
+from .io import safetensors_complete
 from .paths import cache_dir
 
 __all__ = ["CATALOG", "ModelSpec", "get_spec", "pick_device", "pick_dtype", "load_model", "load_tokenizer",
@@ -222,21 +222,6 @@ def _prepare_tokenizer(tokenizer):
     return tokenizer
 
 
-def _safetensors_ok(path: Path) -> bool:
-    """Cheap integrity check: the header parses and the file is as long as the header says."""
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as handle:
-            header_len = struct.unpack("<Q", handle.read(8))[0]
-            if header_len <= 0 or header_len > size:
-                return False
-            header = json.loads(handle.read(header_len))
-        end = max(v["data_offsets"][1] for k, v in header.items() if k != "__metadata__")
-        return size == 8 + header_len + end
-    except (OSError, ValueError, KeyError, struct.error):
-        return False
-
-
 def offline_cache_valid(folder: Path | None = None) -> bool:
     """True when the cache holds a complete conversion of this format (manifest sizes match)."""
     folder = folder or offline_model_dir()
@@ -250,7 +235,7 @@ def offline_cache_valid(folder: Path | None = None) -> bool:
         file = folder / name
         if not file.is_file() or file.stat().st_size != size:
             return False
-        if name.endswith(".safetensors") and not _safetensors_ok(file):
+        if name.endswith(".safetensors") and not safetensors_complete(file):
             return False
     return bool(manifest.get("files"))
 

@@ -20,8 +20,7 @@ from pathlib import Path
 from ..config import TrainConfig
 from ..errors import ConfigError
 from ..history import MetricsHistory
-from ..io import atomic_write_json
-from ..models import _safetensors_ok
+from ..io import atomic_write_json, safetensors_complete
 from ..runs import CHECKPOINT_RE, CONFIG_NAME, HISTORY_NAME, LAUNCH_NAME, RunFolder
 from .distributed import barrier, is_main_process
 from .errors import notice
@@ -84,7 +83,7 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     Cheap checks, no weights loaded: the safetensors header matches the file's length, the JSON files
     parse, each torch file's zip directory is whole (a truncated file has none), the config loads.
     """
-    if not _safetensors_ok(checkpoint / "adapter_model.safetensors"):
+    if not safetensors_complete(checkpoint / "adapter_model.safetensors"):
         return "adapter_model.safetensors is truncated or corrupt"
     for name in ("trainer_state.json", HISTORY_NAME):
         try:
