@@ -194,8 +194,9 @@ def check_architecture(base: Path) -> None:
 def _build(run: RunFolder, base: Path, options: ExportOptions, out: Path, scratch: Path) -> None:
     """Run the model builder into ``out``; its chatter goes to ``build.log`` there."""
     builder = _import_builder()
+    # quiet_loading as well: in a notebook the first frame of transformers' save and load bars escaped the log.
     with (out / BUILD_LOG).open("w", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
-            contextlib.redirect_stderr(log):
+            contextlib.redirect_stderr(log), models.quiet_loading():
         # Logits for the last prompt token only: computing them for every prompt token made the stand-in's
         # first token take 0.5 s (1 prompt) to 9 s (8 prompts) on 2 cores, its 49k-word output layer dominating.
         extra = ["prune_lm_head=true"]

@@ -72,10 +72,12 @@ def merge_and_save(adapter_dir: str | os.PathLike | RunFolder, out_dir: str | os
     """Fold the adapter into the base weights and save a standalone model (atomically). An adapter trained on a
     4-bit or 8-bit base (QLoRA) is merged into 16-bit weights (see ``standalone_base``): the result is an ordinary
     fp16/bf16 model, about 7.6 GB for Phi-3-mini, where the adapter alone is a few MB."""
+    from ..models import quiet_loading
+
     adapter_dir = adapter_folder(adapter_dir)
     model, tokenizer = load_trained(adapter_dir, merge=True)
     out_dir = Path(out_dir)
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir) as tmp, quiet_loading():
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         shutil.copy2(adapter_dir / CONFIG_NAME, tmp / CONFIG_NAME)
@@ -86,13 +88,14 @@ def load_merged(model_dir: str | os.PathLike):
     """(model, tokenizer) from a folder written by ``merge_and_save``, on the best device."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..models import pick_device, pick_dtype
+    from ..models import pick_device, pick_dtype, quiet_loading
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise TrainingError(f"{model_dir} holds no merged model. Fix: run merge_and_save(adapter_dir, {model_dir}).")
     device = pick_device()
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=pick_dtype(device)).to(device)
+    with quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=pick_dtype(device)).to(device)
     return model.eval(), AutoTokenizer.from_pretrained(str(model_dir))
 
 

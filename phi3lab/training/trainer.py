@@ -230,7 +230,7 @@ def build_trainer(config: TrainConfig, model, tokenizer, train_set, eval_set, st
     flags = device_precision_arguments()
     args = training_arguments(config, staging_dir, flags.pop("bf16"), progress, eval_on_start=bookkeeping and baseline_eval,
                               **flags, **speed_arguments(speed), **bookkeeping_off)
-    return metered_trainer_class()(
+    trainer = metered_trainer_class()(
         model=model,
         args=args,
         train_dataset=train_set,
@@ -240,6 +240,11 @@ def build_trainer(config: TrainConfig, model, tokenizer, train_set, eval_set, st
         callbacks=list(callbacks),
         meter=meter,
     )
+    if not progress:  # without its bar Trainer prints every log as a raw dict; the run's history keeps them
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def evaluate_last_step(trainer) -> None:
