@@ -363,7 +363,7 @@ CI_BEHAVIOUR_PROMPTS = 4  # per expectation, under the CI profile
 # can answer", ...). tests/test_evaluation.py checks it on every reply of the data set: each off-topic reply
 # matches and no Xbox answer does.
 DECLINE = re.compile(r"""
-    \bI(?:\s+(?:can't|cannot|can\s+not|won't|will\s+not|don't|do\s+not)|(?:'m|\s+am)\s+(?:not\s+able|unable)\s+to)\s+
+    \bI(?:\s+(?:can't|cannot|can\s+not|won't|will\s+not|don't|do\s+not)|(?:'m|\s+am)\s+(?:not\s+able|unable|not\s+equipped)\s+to)\s+
         (?:help|give|offer|share|recommend|comment|speculate|predict|write|provide|answer|check|tell|rate|rank
            |cover|compare|assist|discuss|decide|play|review)\b
   | \bI\s+(?:can\s+)?only\s+(?:help|answer|cover|troubleshoot|handle|assist|discuss)\b

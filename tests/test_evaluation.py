@@ -185,6 +185,8 @@ def test_the_decline_detector_agrees_with_the_course_data():
 @pytest.mark.parametrize("reply, declined", [
     ("I’m not able to give opinions, but I can help with your console.", True),  # a curly apostrophe
     ("The best Call of Duty is the 2022 version.", False),
+    # the base stand-in's own words, from a learner-default run of notebook 04
+    ("As an Xbox customer support agent, I'm not equipped to provide recommendations or help with games.", True),
     ("Press and hold the Xbox button for 10 seconds.", False),
 ])
 def test_declines_reads_what_the_model_wrote(reply, declined):
