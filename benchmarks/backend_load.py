@@ -6,7 +6,7 @@
 For each backend a real server starts on loopback (``LocalServer``: the run's adapter for PyTorch, its
 ``phi3lab export`` folder for ONNX, exported first when missing) and answers one warm-up request. Then,
 for each concurrency, that many clients keep one streamed request each in flight (``stream: true`` with
-``stream_options.include_usage``, through the openai client), on the validation prompts. Reported per
+``stream_options.include_usage``, through the openai client), on validation prompts no earlier request sent. Reported per
 backend and concurrency: generated tokens/s (all clients together), p50/p95 latency of a whole reply,
 p50/p95 time to the first token, and the mean reply length. Goal on 2 CPU cores with the stand-in: ONNX int4
 at least 5x PyTorch's tokens/s at 8 clients, and a p50 under 1 s for a 32-token reply. Speed on a shared
@@ -57,7 +57,7 @@ def measure(url: str, model: str, conversations: list[list[dict]], concurrency: 
     from phi3lab.endpoints import openai_client
     from phi3lab.monitoring import percentile
 
-    work = [conversations[i % len(conversations)] for i in range(requests)]
+    work = [conversations[i % len(conversations)] for i in range(requests)]  # distinct when there are enough
     with openai_client(f"{url}/v1", "no-key", 600.0, concurrency, max_retries=0) as client, \
             concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
         start = time.perf_counter()
@@ -79,13 +79,19 @@ def run_backend(name: str, run, conversations, args) -> dict:
 
     precision = BACKENDS[name]
     source = {"onnx": export_onnx(run, precision=precision).folder} if precision else {"adapter": run.adapter_dir}
+    # Each measurement gets prompts no earlier request sent, so a server that caches a prompt's start gains only
+    # what prompts really share (the system prompt), never a whole repeated prompt.
     prompts = [prompt_messages(c) for c in conversations]
+    warm_up, slices, start = prompts[-1:], [], 0
+    for n in args.requests:
+        slices.append(prompts[start:start + n] or prompts[:-1])
+        start += n
     load_before = os.getloadavg()
     with LocalServer(**source) as server:
         model = server.health()["model"]
-        measure(server.url, model, prompts[:1], 1, 1, args.max_tokens)  # warm-up, not measured
-        rows = [measure(server.url, model, prompts, c, n, args.max_tokens)
-                for c, n in zip(args.concurrency, args.requests, strict=True)]
+        measure(server.url, model, warm_up, 1, 1, args.max_tokens)  # not measured
+        rows = [measure(server.url, model, work, c, n, args.max_tokens)
+                for c, n, work in zip(args.concurrency, args.requests, slices, strict=True)]
     return {"backend": name, "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()], "rows": rows}
 
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     from phi3lab.runs import find_run
 
     run = find_run(args.run)
-    conversations = load_validation(run, limit=16)
+    conversations = load_validation(run, limit=sum(args.requests) + 1)
     backends = [run_backend(name, run, conversations, args) for name in args.backends]
     result = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}",
