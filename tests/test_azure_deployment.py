@@ -377,6 +377,7 @@ def test_cleanup_without_settings_explains_the_order(monkeypatch):
     monkeypatch.setattr("phi3lab.azure.cleanup.load_settings", lambda: None)
     text = cleanup_azure().summary()
     assert "DRY RUN" in text and text.index("delete endpoints") < text.index("delete fine-tuned models")
+    assert text.index("cancel running jobs") < text.index("delete compute clusters") < text.index("delete endpoints")
     assert "delete_course_resource_group" in text
 
 

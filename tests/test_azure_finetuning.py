@@ -9,9 +9,12 @@ from azure_fakes import SETTINGS, SUBSCRIPTION, FakeAzure, error
 from phi3lab.azure.catalog import ModelChoice, ModelNotOfferedError
 from phi3lab.azure.finetuning import NO_GIT_METADATA, DataAsset, build_job, hyperparameters, submit_finetuning
 from phi3lab.azure.monitor import (
+    FINE_TUNING_JOB_API,
+    GENERIC_JOB_API,
     Backoff,
     JobFailedError,
     MonitorTimeoutError,
+    describe_monitoring,
     fetch_metrics,
     metrics_history,
     monitor_job,
@@ -282,7 +285,9 @@ def test_monitor_polls_with_backoff_until_completed():
     assert status == "Completed" and waits == [10, 20, 30, 30]
     gets = fake.transport.matching("GET", rf"/jobs/{name}\?")
     # each poll is a generic read, then the typed fine-tuning read
-    assert [g.api_version for g in gets] == ["2024-01-01-preview", JOB_API] * 5
+    assert [g.api_version for g in gets] == [GENERIC_JOB_API, FINE_TUNING_JOB_API] * 5 and FINE_TUNING_JOB_API == JOB_API
+    described = describe_monitoring(name)  # what a dry run tells the learner names the same reads
+    assert f"api-version {GENERIC_JOB_API};" in described and f"again with {FINE_TUNING_JOB_API}" in described
     assert [line.split(": ")[-1] for line in lines] == ["NotStarted", "Queued", "Running", "Completed"]
 
 

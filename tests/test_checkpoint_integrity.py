@@ -75,11 +75,12 @@ def test_when_every_checkpoint_is_damaged_the_run_starts_over(run):
     assert len(notices) == 2 and run.checkpoint_dirs() == []
 
 
-def test_a_truncated_checkpoint_in_a_real_run_is_a_note_and_the_rerun_finishes(tmp_path):
+def test_a_truncated_checkpoint_in_a_real_run_is_a_note_and_the_rerun_finishes(tmp_path, monkeypatch):
     from test_training import tiny_config
 
     from phi3lab.training import train
 
+    monkeypatch.setenv("PHI3LAB_RUNS", str(tmp_path / "runs"))  # not the repository's runs/
     config = tiny_config(tmp_path, max_steps=2, eval_steps=2)
     first = train(config, progress=False)
     run = config.run

@@ -1,6 +1,7 @@
 """phi3lab.data: validator findings, cleaner, labels, split, stats, cost, CLI."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -241,6 +242,7 @@ def test_stats_and_cost(tmp_path, tokenizer):
     capped = sum(min(n, 20) for n in result.conversation_tokens)
     assert cost.billable_tokens == capped * 3 and cost.total == pytest.approx(capped * 3 / 1000 * 2.0)
     assert "Pricing and terms" in cost.summary()
+    assert f"counted with the {Path(tokenizer.name_or_path).name} tokenizer" in cost.summary()
 
 
 def test_cli_exit_codes(tmp_path, capsys):

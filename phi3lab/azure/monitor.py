@@ -73,6 +73,11 @@ def monitor_job(job_name: str, ml=None, *, timeout_s: float = 6 * 3600, backoff:
         attempt += 1
 
 
+# The reads behind ml.jobs.get in the pinned azure-ai-ml 1.35.2: every job through the generic API, a
+# fine-tuning job then through the typed one (tests/test_azure_finetuning.py checks them on the wire).
+GENERIC_JOB_API, FINE_TUNING_JOB_API = "2024-01-01-preview", "2024-10-01-preview"
+
+
 def describe_monitoring(job_name: str, timeout_s: float = 6 * 3600, backoff: Backoff = Backoff()) -> str:
     """What ``monitor_job`` would do for ``job_name``: the reads, the waits, the stopping rules."""
     waits, total = [], 0.0
@@ -81,7 +86,8 @@ def describe_monitoring(job_name: str, timeout_s: float = 6 * 3600, backoff: Bac
         waits.append(backoff.delay(len(waits)))
     shown = ", ".join(f"{w:g}" for w in waits[:7])
     return (f"monitor_job({job_name!r}) would:\n"
-            f"  read GET .../jobs/{job_name} (api-version 2024-10-01-preview) and print each new status\n"
+            f"  read GET .../jobs/{job_name} (api-version {GENERIC_JOB_API}; a fine-tuning job is read again with "
+            f"{FINE_TUNING_JOB_API}, as azure-ai-ml does) and print each new status\n"
             f"  wait {shown}, ... seconds between reads (doubling, at most {backoff.ceiling:g} s): "
             f"{len(waits) + 1} reads at most\n"
             f"  stop on Completed; on Failed or Canceled raise with the service's error message\n"

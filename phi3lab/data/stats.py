@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from ..errors import ConfigError
 from .labels import read_label_map
@@ -110,11 +111,13 @@ class CostEstimate:
     billable_tokens: int  # per epoch x epochs
     price_per_1k_tokens: float
     total: float
+    tokenizer: str = ""  # whose tokenizer counted the tokens: the count is only right for that model
     price_source: str = PRICE_SOURCE
 
     def summary(self) -> str:
         cap = f"capped at {self.max_tokens} tokens each ({self.n_capped} capped)" if self.max_tokens else "no cap"
-        return (f"{self.n_conversations} conversations, {self.tokens_per_epoch:,} tokens per epoch; billable "
+        counted = f" (counted with the {self.tokenizer} tokenizer)" if self.tokenizer else ""
+        return (f"{self.n_conversations} conversations, {self.tokens_per_epoch:,} tokens per epoch{counted}; billable "
                 f"{self.billable_tokens_per_epoch:,} per epoch, {cap}\n"
                 f"{self.billable_tokens_per_epoch:,} x {self.epochs} epoch(s) = {self.billable_tokens:,} billable tokens"
                 f"\n{self.billable_tokens:,} / 1000 x {self.price_per_1k_tokens} per 1K tokens = {self.total:.4f} "
@@ -149,4 +152,5 @@ def estimate_cost(path: str | os.PathLike, tokenizer, epochs: int, price_per_1k_
                         billable_tokens_per_epoch=billable,
                         n_capped=sum(1 for n in lengths if max_tokens and n > max_tokens), max_tokens=max_tokens,
                         epochs=epochs, billable_tokens=billable * epochs, price_per_1k_tokens=price_per_1k_tokens,
-                        total=billable * epochs / 1000 * price_per_1k_tokens)
+                        total=billable * epochs / 1000 * price_per_1k_tokens,
+                        tokenizer=Path(getattr(tokenizer, "name_or_path", "") or "").name)
