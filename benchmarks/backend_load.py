@@ -6,8 +6,8 @@
 For each backend a real server starts on loopback (``LocalServer``: the run's adapter for PyTorch, its
 ``phi3lab export`` folder for ONNX, exported first when missing) and answers one warm-up request. Then,
 for each concurrency, that many clients keep one streamed request each in flight (``stream: true`` with
-``stream_options.include_usage``, through the openai client), on validation prompts no earlier request sent. Reported per
-backend and concurrency: generated tokens/s (all clients together), p50/p95 latency of a whole reply,
+``stream_options.include_usage``, through the openai client), on validation prompts no earlier request
+sent. Reported per backend and concurrency: generated tokens/s (all clients together), p50/p95 latency of a whole reply,
 p50/p95 time to the first token, and the mean reply length. Goal on 2 CPU cores with the stand-in: ONNX int4
 at least 5x PyTorch's tokens/s at 8 clients, and a p50 under 1 s for a 32-token reply. Speed on a shared
 machine varies: the load average before and after each backend is recorded with the numbers. Results go
@@ -57,7 +57,7 @@ def measure(url: str, model: str, conversations: list[list[dict]], concurrency: 
     from phi3lab.endpoints import openai_client
     from phi3lab.monitoring import percentile
 
-    work = [conversations[i % len(conversations)] for i in range(requests)]  # distinct when there are enough
+    work = [conversations[i % len(conversations)] for i in range(requests)]
     with openai_client(f"{url}/v1", "no-key", 600.0, concurrency, max_retries=0) as client, \
             concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
         start = time.perf_counter()

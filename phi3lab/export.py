@@ -452,8 +452,8 @@ class OnnxChatModel:
         Each prompt gets its own generator, stepped in turn, rather than one padded batch: the export computes
         logits for the last prompt token only (``prune_lm_head``), which ONNX Runtime GenAI cannot combine
         with padding, and without it a batch's prompt pass dominated (9 s for 8 prompts on 2 cores).
+        Generators are kept for later prompts (``_read_prompt``): call from one thread, as the endpoint does.
         """
-
         limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
         # The full vocabulary for top_k: OpenAI's API has no top-k, and the builder's default is 50.
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": len(self.tokenizer)} \

@@ -285,7 +285,8 @@ def test_monitor_polls_with_backoff_until_completed():
     assert status == "Completed" and waits == [10, 20, 30, 30]
     gets = fake.transport.matching("GET", rf"/jobs/{name}\?")
     # each poll is a generic read, then the typed fine-tuning read
-    assert [g.api_version for g in gets] == [GENERIC_JOB_API, FINE_TUNING_JOB_API] * 5 and FINE_TUNING_JOB_API == JOB_API
+    assert [g.api_version for g in gets] == [GENERIC_JOB_API, FINE_TUNING_JOB_API] * 5
+    assert FINE_TUNING_JOB_API == JOB_API
     described = describe_monitoring(name)  # what a dry run tells the learner names the same reads
     assert f"api-version {GENERIC_JOB_API};" in described and f"again with {FINE_TUNING_JOB_API}" in described
     assert [line.split(": ")[-1] for line in lines] == ["NotStarted", "Queued", "Running", "Completed"]

@@ -159,7 +159,8 @@ def cleanup_azure(settings: AzureSettings | None = None, *, confirm: bool = Fals
             "No Azure settings, so nothing to list (and nothing the course could have created). With settings, "
             "this lists the course's jobs, compute clusters, endpoints, fine-tuned models and data assets, and with "
             "confirm=True handles them in this order: cancel running jobs, delete compute clusters (releasing their "
-            "quota), delete endpoints (waiting for each), delete fine-tuned models (archive where the service refuses a delete), delete data assets and their files. "
+            "quota), delete endpoints (waiting for each), delete fine-tuned models (archive where the service "
+            "refuses a delete), delete data assets and their files. "
             "A resource group the course created for itself goes last, with delete_course_resource_group()."))
     from .auth import ml_client
 

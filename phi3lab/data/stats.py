@@ -117,8 +117,8 @@ class CostEstimate:
     def summary(self) -> str:
         cap = f"capped at {self.max_tokens} tokens each ({self.n_capped} capped)" if self.max_tokens else "no cap"
         counted = f" (counted with the {self.tokenizer} tokenizer)" if self.tokenizer else ""
-        return (f"{self.n_conversations} conversations, {self.tokens_per_epoch:,} tokens per epoch{counted}; billable "
-                f"{self.billable_tokens_per_epoch:,} per epoch, {cap}\n"
+        return (f"{self.n_conversations} conversations, {self.tokens_per_epoch:,} tokens per epoch{counted}; "
+                f"billable {self.billable_tokens_per_epoch:,} per epoch, {cap}\n"
                 f"{self.billable_tokens_per_epoch:,} x {self.epochs} epoch(s) = {self.billable_tokens:,} billable tokens"
                 f"\n{self.billable_tokens:,} / 1000 x {self.price_per_1k_tokens} per 1K tokens = {self.total:.4f} "
                 f"(training only)\nwhere the price comes from: {self.price_source}")
