@@ -129,6 +129,12 @@ def test_invalid_data_is_refused_with_its_line(tmp_path):
     assert not config.run.adapter_dir.exists()
 
 
+def test_training_without_progress_prints_no_raw_log_dicts(tmp_path, capsys):
+    train(tiny_config(tmp_path, max_steps=2, eval_steps=2), progress=False)  # the loss lab trains this way
+    printed = capsys.readouterr().out
+    assert "'loss'" not in printed and "'eval_loss'" not in printed
+
+
 def test_a_runs_root_that_is_a_file_is_a_clear_error(tmp_path, monkeypatch):
     blocker = tmp_path / "runs-file"
     blocker.write_text("not a folder")
